@@ -1,0 +1,33 @@
+# Two commands set a fresh machine up (see README):  make demo   |   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+PACKAGES := neuronalloc neuronlog plugin extender kubectl_neuron
+
+.PHONY: deps deps-python deps-tools test lint unit demo bench
+
+deps: deps-python deps-tools
+
+deps-python:
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev]'
+
+# Each area's own idempotent installer (apt packages, Go builds) lives in scripts/install-*.sh.
+deps-tools:
+	@set -e; for script in scripts/install-*.sh; do [ -e "$$script" ] || continue; echo "== $$script"; bash "$$script"; done
+
+lint:
+	ruff check $(PACKAGES) tests bench
+	mypy $(PACKAGES)
+	lint-imports
+
+# The project's test command: static checks, then every tier (the cluster tier skips itself where it cannot run).
+test: lint
+	$(PYTHON) -m pytest
+
+unit:
+	$(PYTHON) -m pytest tests/core
+
+demo: deps
+	$(PYTHON) -m tests.cluster.demo
+
+bench:
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(PYTHON) "$$b"; done
