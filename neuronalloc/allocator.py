@@ -1,9 +1,9 @@
 """The allocator: choose one block for a request, as a pure function of the node's free IDs.
 
 Policy is an ordered table of named preferences (lower key wins), applied to every block the rule allows that
-lies in the free set and holds every must-include ID. The last preference, the lowest start ID, makes the choice
-deterministic. The first preference for both resources keeps the node's largest free block as large as it can
-be, so the allocator never leaves a smaller largest block than first fit would.
+lies in the free set and holds every must-include ID. The last preference, the lowest start ID, makes the
+choice deterministic. The first preference for both resources keeps the node's largest free block as large as
+it can be, so the allocator never leaves a smaller largest block than first fit would.
 
 Devices
   1. keep-large-blocks: leave the free set whose block sizes, compared largest first, are the largest
@@ -20,46 +20,17 @@ NeuronCores
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import cached_property
 
-from neuronalloc.blocks import (
-    enclosing_block,
-    free_blocks,
-    is_aligned,
-    placeable_sizes,
-    size_refusal,
-)
-from neuronalloc.ranges import encode_ranges, runs
+from neuronalloc.blocks import enclosing_block, size_refusal
+from neuronalloc.ranges import encode_ranges
 from neuronalloc.refusal import Refusal
 from neuronalloc.resources import Resource
+from neuronalloc.shapes import AlignedShape, Key, Shape, WindowShape, shape_of
 from neuronalloc.topology import Topology
-
-Key = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """One block, with what the node would have left if it were chosen."""
-
-    topo: Topology
-    resource: Resource
-    free: AbstractSet[int]
-    block: range
-
-    @cached_property
-    def remaining(self) -> frozenset[int]:
-        return frozenset(self.free) - frozenset(self.block)
-
-    @cached_property
-    def remaining_run_lengths(self) -> Key:
-        return tuple(sorted((last - first + 1 for first, last in runs(self.remaining)), reverse=True))
-
-    @cached_property
-    def remaining_whole_devices(self) -> frozenset[int]:
-        return whole_devices(self.topo, self.remaining)
 
 
 def whole_devices(topo: Topology, free_cores: AbstractSet[int]) -> frozenset[int]:
@@ -69,9 +40,45 @@ def whole_devices(topo: Topology, free_cores: AbstractSet[int]) -> frozenset[int
 
 def fragmentation_key(topo: Topology, resource: Resource, free: AbstractSet[int]) -> Key:
     """A free set's usefulness, compared largest blocks first: a larger key holds larger requests."""
-    if is_aligned(topo, resource):
-        return tuple(sum(1 for _ in free_blocks(topo, resource, free, s)) for s in placeable_sizes(topo, resource))
-    return tuple(sorted((last - first + 1 for first, last in runs(free)), reverse=True))
+    return shape_of(topo, resource, free).key()
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What is computed once per request and shared by every candidate block."""
+
+    topo: Topology
+    resource: Resource
+    free: frozenset[int]
+
+    @cached_property
+    def shape(self) -> Shape:
+        return shape_of(self.topo, self.resource, self.free)
+
+    @cached_property
+    def whole_device_shape(self) -> Shape:
+        return shape_of(self.topo, Resource.NEURON, whole_devices(self.topo, self.free))
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    request: _Request
+    block: range
+
+    @cached_property
+    def remaining(self) -> Key:
+        return self.request.shape.key_without(self.block.start, self.block.stop - 1)
+
+    @cached_property
+    def largest_remaining(self) -> int:
+        shape = self.request.shape
+        assert isinstance(shape, WindowShape)  # cores are always windows
+        return shape.largest_without(self.block.start, self.block.stop - 1)
+
+    @cached_property
+    def devices(self) -> range:
+        cpd = self.request.topo.cores_per_device
+        return range(self.block.start // cpd, (self.block.stop - 1) // cpd + 1)
 
 
 def _negated(key: Key) -> Key:
@@ -84,24 +91,19 @@ class Preference:
     key: Callable[[_Candidate], Key]  # lower is better
 
 
-def _devices_touched(c: _Candidate) -> Key:
-    cpd = c.topo.cores_per_device
-    return ((c.block.stop - 1) // cpd - c.block.start // cpd + 1,)
-
-
 DEVICE_POLICY: Sequence[Preference] = (
-    Preference("keep-large-blocks", lambda c: _negated(fragmentation_key(c.topo, c.resource, c.remaining))),
+    Preference("keep-large-blocks", lambda c: _negated(c.remaining)),
     Preference("lowest-start", lambda c: (c.block.start,)),
 )
 
 CORE_POLICY: Sequence[Preference] = (
-    Preference("keep-largest-core-run", lambda c: (-(c.remaining_run_lengths or (0,))[0],)),
-    Preference("fewest-devices", _devices_touched),
+    Preference("keep-largest-core-run", lambda c: (-c.largest_remaining,)),
+    Preference("fewest-devices", lambda c: (len(c.devices),)),
     Preference(
         "keep-whole-devices",
-        lambda c: _negated(fragmentation_key(c.topo, Resource.NEURON, c.remaining_whole_devices)),
+        lambda c: _negated(c.request.whole_device_shape.key_without(c.devices.start, c.devices.stop - 1)),
     ),
-    Preference("keep-large-core-runs", lambda c: _negated(c.remaining_run_lengths)),
+    Preference("keep-large-core-runs", lambda c: _negated(c.remaining)),
     Preference("lowest-start", lambda c: (c.block.start,)),
 )
 
@@ -110,8 +112,16 @@ def policy_for(resource: Resource) -> Sequence[Preference]:
     return DEVICE_POLICY if resource is Resource.NEURON else CORE_POLICY
 
 
-def _rank(policy: Sequence[Preference], candidate: _Candidate) -> tuple[Key, ...]:
-    return tuple(p.key(candidate) for p in policy)
+def _blocks(request: _Request, size: int) -> Iterator[range]:
+    """Every block of `size` wholly inside the free set, read off the shape rather than tested ID by ID."""
+    shape = request.shape
+    if isinstance(shape, AlignedShape):
+        for start in sorted(shape.free_starts.get(size, ())):
+            yield range(start, start + size)
+        return
+    for first, last in shape.runs:
+        for start in range(first, last - size + 2):
+            yield range(start, start + size)
 
 
 def _choose(
@@ -127,22 +137,31 @@ def _choose(
         return Refusal("invalid", rule, f"must-include IDs [{encode_ranges(outside)}] do not exist on this node")
     if len(must_include) > size:
         return Refusal("invalid", rule, f"must-include IDs [{encode_ranges(must_include)}] exceed the size {size}")
-    frozen_free = frozenset(free)
+    request = _Request(topo, resource, frozenset(i for i in free if 0 <= i < total))
+    low, high = (min(must_include), max(must_include)) if must_include else (total, -1)
     candidates = [
-        _Candidate(topo, resource, frozen_free, block)
-        for block in free_blocks(topo, resource, frozen_free, size)
-        if all(i in block for i in must_include)
+        _Candidate(request, block)
+        for block in _blocks(request, size)
+        if block.start <= low and high < block.stop  # a block is contiguous: holding both ends holds all
     ]
     if not candidates:
         unit = "devices" if resource is Resource.NEURON else "NeuronCores"
-        with_must = f" holding [{encode_ranges(must_include)}]" if must_include else ""
-        return Refusal(
-            "no_block",
-            rule,
-            f"no free block of {size} {unit}{with_must} in free [{encode_ranges(frozen_free)}]: {rule}",
-        )
-    policy = policy_for(resource)
-    return min(candidates, key=lambda c: _rank(policy, c)).block
+        holding = f" holding [{encode_ranges(must_include)}]" if must_include else ""
+        free_text = encode_ranges(request.free)
+        return Refusal("no_block", rule, f"no free block of {size} {unit}{holding} in free [{free_text}]: {rule}")
+    return _best(candidates, policy_for(resource)).block
+
+
+def _best(candidates: list[_Candidate], policy: Sequence[Preference]) -> _Candidate:
+    """Lexicographic minimum over the policy, one preference at a time: later (costlier) keys are computed only
+    for the candidates still tied, which keeps a 128-core node to a few hundred microseconds."""
+    for preference in policy:
+        if len(candidates) == 1:
+            break
+        keyed = [(preference.key(c), c) for c in candidates]
+        best = min(key for key, _ in keyed)
+        candidates = [c for key, c in keyed if key == best]
+    return candidates[0]
 
 
 def allocate(
@@ -161,7 +180,7 @@ def fit_score(topo: Topology, resource: Resource, free: AbstractSet[int], size: 
     """How well a request fits this node, 0..10.
 
     10 means the allocator's block fills a free block exactly, so nothing larger is broken; the score falls as
-    the block it must break into grows (score = round(10 * size / broken block), at least 1). 0: it does not fit.
+    the block it must break into grows: round(10 * size / broken block), at least 1. 0: it does not fit.
     Best fit across nodes keeps the cluster's large blocks for the requests that need them.
     """
     chosen = _choose(topo, resource, free, size, frozenset())
@@ -169,3 +188,6 @@ def fit_score(topo: Topology, resource: Resource, free: AbstractSet[int], size: 
         return 0
     broken = enclosing_block(topo, resource, frozenset(free), chosen)
     return max(1, round(10 * size / broken))
+
+
+__all__ = ["CORE_POLICY", "DEVICE_POLICY", "Preference", "WindowShape", "allocate", "fit_score", "fragmentation_key"]
