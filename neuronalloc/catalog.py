@@ -51,6 +51,13 @@ def lookup_instance_type(name: str | None) -> InstanceType | None:
     return CATALOG.get(name.strip().lower()) if name else None
 
 
+def _core_counts(row: InstanceType) -> tuple[int, ...]:
+    """Core counts a node of this type may report: trn2 reports physical or logical cores, per its LNC."""
+    if row.family == "trn2":
+        return tuple(TRN2_PHYSICAL_CORES // lnc for lnc in (1, 2))
+    return (row.cores_per_device,)
+
+
 def guess_instance_type(device_count: int, cores_per_device: int | None = None) -> InstanceType | None:
     """The catalog row that a device count (and core count, if known) singles out, else None.
 
@@ -60,7 +67,7 @@ def guess_instance_type(device_count: int, cores_per_device: int | None = None) 
     matches = [
         row
         for row in CATALOG.values()
-        if row.devices == device_count and cores_per_device in (None, row.cores_per_device)
+        if row.devices == device_count and cores_per_device in (None, *_core_counts(row))
     ]
     if device_count == 1 and matches:
         return matches[0]  # one device: every rule accepts the only block there is
