@@ -67,7 +67,7 @@ def test_core_index_arithmetic() -> None:
         (6, 2, "inf2.24xlarge"),
         (12, None, "inf2.48xlarge"),
         (16, 2, "trn1.32xlarge"),
-        (16, 8, None),
+        (16, 8, "trn2.48xlarge"),
         (16, 4, None),
         (16, None, None),
         (7, None, None),
