@@ -1,0 +1,158 @@
+"""GetPreferredAllocation and Allocate decisions, on top of neuronalloc and the plugin's node view.
+
+No gRPC here: decisions are values or `AllocationRejected`, and server.py maps them to status codes.
+Rules checked by Allocate, in order (the first broken rule is reported):
+  1. unknown_id       - not a device/core of this node          -> INVALID_ARGUMENT
+  2. duplicate_id     - the same ID twice                        -> INVALID_ARGUMENT
+  3. block_rule       - not a contiguous/aligned block (neuronalloc.check_block) -> INVALID_ARGUMENT
+  4. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
+  5. shared_hardware  - on hardware held through the other resource -> FAILED_PRECONDITION
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from neuronalloc import Refusal, Resource, Topology, allocate, check_block, encode_ranges
+from plugin.nodeview import NodeView
+from plugin.podresources import parse_unit_id
+
+CONTAINER_DEVICE_DIR = "/dev"
+
+
+class Rejection(StrEnum):
+    INVALID_ARGUMENT = "invalid_argument"
+    FAILED_PRECONDITION = "failed_precondition"
+
+
+class AllocationRejected(Exception):
+    """A request this node must refuse; `message` names the IDs and the rule."""
+
+    def __init__(self, kind: Rejection, rule: str, ids: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.rule = rule
+        self.ids = ids
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a container gets for a valid block."""
+
+    devices: tuple[int, ...]
+    cores: tuple[int, ...]
+    device_paths: tuple[tuple[str, str], ...]  # (host path, container path)
+
+    @property
+    def envs(self) -> dict[str, str]:
+        return {
+            "NEURON_RT_VISIBLE_CORES": encode_ranges(self.cores),
+            "AWS_NEURON_VISIBLE_DEVICES": encode_ranges(self.devices),
+        }
+
+
+def _unit(resource: Resource) -> str:
+    return "device" if resource is Resource.NEURON else "NeuronCore"
+
+
+def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
+    """Kubelet's ID strings as sorted ints. Raises AllocationRejected for unknown or duplicate IDs."""
+    limit = topology.unit_count(resource)
+    unknown = [raw for raw in raw_ids if parse_unit_id(raw, limit) is None]
+    if unknown:
+        raise AllocationRejected(
+            Rejection.INVALID_ARGUMENT,
+            "unknown_id",
+            ",".join(unknown),
+            f"unknown {resource.value} IDs [{','.join(unknown)}]: this node has {_unit(resource)}s 0-{limit - 1}"
+            if limit
+            else f"unknown {resource.value} IDs [{','.join(unknown)}]: node has none",
+        )
+    ids = [int(raw) for raw in raw_ids]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise AllocationRejected(
+            Rejection.INVALID_ARGUMENT,
+            "duplicate_id",
+            encode_ranges(duplicates),
+            f"{resource.value} IDs [{encode_ranges(duplicates)}] are requested more than once",
+        )
+    return tuple(sorted(ids))
+
+
+def devices_of(topology: Topology, resource: Resource, ids: Sequence[int]) -> tuple[int, ...]:
+    return tuple(sorted(set(ids) if resource is Resource.NEURON else topology.devices_of_cores(ids)))
+
+
+def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
+    """The block, if Allocate may grant it; else AllocationRejected naming the first broken rule."""
+    topology = view.topology
+    if not raw_ids:
+        raise AllocationRejected(
+            Rejection.INVALID_ARGUMENT, "empty_request", "", f"empty {resource.value} request: no IDs given"
+        )
+    ids = parse_ids(topology, resource, raw_ids)
+    refusal = check_block(topology, resource, ids)
+    if refusal is not None:
+        raise AllocationRejected(
+            Rejection.INVALID_ARGUMENT, "block_rule", encode_ranges(ids), f"[{encode_ranges(ids)}]: {refusal}"
+        )
+    sick = [d for d in devices_of(topology, resource, ids) if not view.is_healthy(d)]
+    if sick:
+        raise AllocationRejected(
+            Rejection.FAILED_PRECONDITION,
+            "unhealthy",
+            encode_ranges(ids),
+            f"{resource.value} [{encode_ranges(ids)}] uses unhealthy devices [{encode_ranges(sick)}] "
+            f"({'; '.join(f'{d}: {view.unhealthy[d]}' for d in sick)})",
+        )
+    taken = sorted(set(ids) - view.usable(resource))
+    if taken:
+        other = Resource.NEURONCORE if resource is Resource.NEURON else Resource.NEURON
+        raise AllocationRejected(
+            Rejection.FAILED_PRECONDITION,
+            "shared_hardware",
+            encode_ranges(ids),
+            f"{resource.value} [{encode_ranges(ids)}]: [{encode_ranges(taken)}] share hardware with "
+            f"{other.value} in use (a device with a core in use is not free as a device, and the reverse)",
+        )
+    return ids
+
+
+def grant(topology: Topology, device_root: Path, resource: Resource, ids: Sequence[int]) -> Grant:
+    devices = devices_of(topology, resource, ids)
+    cores = tuple(sorted(topology.cores_of_devices(ids))) if resource is Resource.NEURON else tuple(ids)
+    paths = tuple((str(device_root / f"neuron{d}"), f"{CONTAINER_DEVICE_DIR}/neuron{d}") for d in devices)
+    return Grant(devices, cores, paths)
+
+
+def preferred(
+    view: NodeView,
+    resource: Resource,
+    available: Sequence[str],
+    must_include: Sequence[str],
+    size: int,
+) -> tuple[int, ...]:
+    """The allocator's block within kubelet's `available` and this node's own view of usable hardware.
+
+    Kubelet fills any shortfall in arbitrary order, which would break contiguity, so a request that cannot
+    get a block is refused here (AllocationRejected), before kubelet commits to anything.
+    """
+    topology = view.topology
+    limit = topology.unit_count(resource)
+    offered = {u for u in (parse_unit_id(raw, limit) for raw in available) if u is not None}
+    required = frozenset(parse_ids(topology, resource, must_include)) if must_include else frozenset()
+    if size <= 0:
+        raise AllocationRejected(
+            Rejection.INVALID_ARGUMENT, "size", "", f"allocation_size {size} for {resource.value} must be > 0"
+        )
+    free = (offered & view.usable(resource)) | required
+    chosen = allocate(topology, resource, free, size, required)
+    if isinstance(chosen, Refusal):
+        kind = Rejection.INVALID_ARGUMENT if chosen.kind != "no_block" else Rejection.FAILED_PRECONDITION
+        raise AllocationRejected(kind, chosen.kind, encode_ranges(required), chosen.message)
+    return chosen

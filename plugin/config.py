@@ -1,0 +1,123 @@
+"""Command-line flags of `neuron-device-plugin`; every flag also reads its upper-snake-case env var.
+
+Precedence: flag > env var > default. Defaults fit a real node, so a DaemonSet needs no arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    device_root: Path
+    sysfs_root: Path
+    kubelet_socket_dir: Path
+    pod_resources_socket: Path
+    node_name: str
+    instance_type: str  # "" = node label, else by device count
+    metrics_port: int  # 0 = off
+    kubeconfig: str  # "" = in-cluster, "none" = publishing off
+    logical_nc_config: Path
+    hw_error_log: str  # "" = off
+    log_level: str
+
+    @property
+    def publishing_enabled(self) -> bool:
+        return self.kubeconfig != "none"
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    default: str
+    help: str
+
+    @property
+    def env_var(self) -> str:
+        return self.name.upper().replace("-", "_")
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+
+FLAGS: tuple[_Flag, ...] = (
+    _Flag("device-root", "/dev", "directory holding the neuronN device nodes"),
+    _Flag("sysfs-root", "/sys", "sysfs mount; per-device facts are read from class/neuron_device/neuronN/"),
+    _Flag("kubelet-socket-dir", "/var/lib/kubelet/device-plugins", "kubelet's device-plugin directory"),
+    _Flag("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock", "kubelet's PodResources socket"),
+    _Flag("node-name", "", "this node's name (default: the hostname)"),
+    _Flag(
+        "instance-type", "", 'instance type; "" = the node label node.kubernetes.io/instance-type, else by device count'
+    ),
+    _Flag("metrics-port", "9410", "port for /metrics and /healthz; 0 = off"),
+    _Flag(
+        "kubeconfig", "", 'kubeconfig path; "" = in-cluster service account, "none" = no API server (publishing off)'
+    ),
+    _Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
+    _Flag("hw-error-log", "", 'file of kernel-log lines to follow for NEURON_HW_ERR=; "" = off'),
+    _Flag("log-level", "info", "one of " + ", ".join(LOG_LEVELS)),
+)
+
+
+class ConfigError(ValueError):
+    """A flag or env var has a value the plugin cannot use; the message names it."""
+
+
+def _port(name: str, raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: {port} is outside 0..65535")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuron-device-plugin",
+        description="Kubernetes device plugin that hands out only contiguous AWS Neuron devices and cores.",
+    )
+    for flag in FLAGS:
+        # default=None tells "not given on the command line" apart from an explicit value, so env can fill it.
+        parser.add_argument(
+            f"--{flag.name}",
+            dest=flag.dest,
+            default=None,
+            metavar=flag.env_var,
+            help=f"{flag.help} (env {flag.env_var}, default {flag.default!r})",
+        )
+    return parser
+
+
+def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> PluginConfig:
+    """Resolve every setting from argv, then env, then the default. Raises ConfigError on bad values."""
+    args = vars(build_parser().parse_args(argv))
+    raw: dict[str, str] = {}
+    for flag in FLAGS:
+        given = args[flag.dest]
+        raw[flag.dest] = given if given is not None else env.get(flag.env_var, flag.default)
+    log_level = raw["log_level"].lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log-level: {raw['log_level']!r} is not one of {', '.join(LOG_LEVELS)}")
+    return PluginConfig(
+        device_root=Path(raw["device_root"]),
+        sysfs_root=Path(raw["sysfs_root"]),
+        kubelet_socket_dir=Path(raw["kubelet_socket_dir"]),
+        pod_resources_socket=Path(raw["pod_resources_socket"]),
+        node_name=raw["node_name"] or socket.gethostname(),
+        instance_type=raw["instance_type"].strip(),
+        metrics_port=_port("metrics-port", raw["metrics_port"]),
+        kubeconfig=raw["kubeconfig"],
+        logical_nc_config=Path(raw["logical_nc_config"]),
+        hw_error_log=raw["hw_error_log"],
+        log_level=log_level,
+    )

@@ -1,0 +1,184 @@
+"""A minimal Kubernetes API client: read one node's labels, merge-patch its annotations.
+
+Why not the `kubernetes` package: importing it costs ~50 MiB of resident memory, against a 50 MiB budget for
+the whole idle daemon, and the plugin needs two HTTP calls. This speaks HTTPS with the stdlib, authenticated by
+the in-cluster service account (token re-read per request: bound tokens rotate) or by a kubeconfig with a
+token or client certificate. Blocking: callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import ssl
+import tempfile
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+REQUEST_TIMEOUT_SECONDS = 10.0
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+
+
+class KubeApiError(RuntimeError):
+    """A request failed. `unreachable`: no HTTP answer (retry); otherwise the API server refused it."""
+
+    def __init__(self, message: str, *, unreachable: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+        self.status = status
+
+
+class KubeConfigError(ValueError):
+    """The kubeconfig or in-cluster environment cannot be used; the message says what is missing."""
+
+
+class NodeApi(Protocol):
+    def node_labels(self, node: str) -> dict[str, str]: ...
+    def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None  # None = plain HTTP (test API servers on loopback)
+    token: str | None = None
+    token_file: Path | None = None
+
+    def bearer(self) -> str | None:
+        if self.token_file is not None:
+            return self.token_file.read_text().strip()
+        return self.token
+
+
+class HttpNodeApi:
+    def __init__(self, endpoint: _Endpoint) -> None:
+        self._endpoint = endpoint
+
+    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "") -> Any:
+        ep = self._endpoint
+        connection: http.client.HTTPConnection
+        if ep.ssl_context is not None:
+            connection = http.client.HTTPSConnection(
+                ep.host, ep.port, timeout=REQUEST_TIMEOUT_SECONDS, context=ep.ssl_context
+            )
+        else:
+            connection = http.client.HTTPConnection(ep.host, ep.port, timeout=REQUEST_TIMEOUT_SECONDS)
+        headers = {"Accept": "application/json", "User-Agent": "neuron-device-plugin"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            token = ep.bearer()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            raise KubeApiError(f"{method} {path}: {error}", unreachable=True) from None
+        finally:
+            connection.close()
+        if response.status >= 300:
+            detail = payload[:300].decode("utf-8", "replace")
+            raise KubeApiError(
+                f"{method} {path}: HTTP {response.status}: {detail}",
+                unreachable=response.status >= 500 or response.status == 429,
+                status=response.status,
+            )
+        try:
+            return json.loads(payload) if payload else None
+        except ValueError:
+            raise KubeApiError(f"{method} {path}: reply is not JSON: {payload[:100]!r}", unreachable=False) from None
+
+    def node_labels(self, node: str) -> dict[str, str]:
+        body = self._request("GET", f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}")
+        labels = body.get("metadata", {}).get("labels") or {}
+        return {str(k): str(v) for k, v in labels.items()}
+
+    def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
+        """JSON merge patch of metadata.annotations only; a None value removes the key."""
+        body = json.dumps({"metadata": {"annotations": dict(annotations)}}).encode()
+        self._request(
+            "PATCH",
+            f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}",
+            body,
+            content_type="application/merge-patch+json",
+        )
+
+
+def _split_server(server: str) -> tuple[str, str, int]:
+    parsed = urllib.parse.urlsplit(server)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise KubeConfigError(f"API server address {server!r} is not an http(s) URL")
+    return parsed.scheme, parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def in_cluster(sa_dir: Path = SERVICE_ACCOUNT_DIR, env: Mapping[str, str] = os.environ) -> HttpNodeApi:
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        raise KubeConfigError("not in a cluster: KUBERNETES_SERVICE_HOST is unset (pass --kubeconfig)")
+    context = ssl.create_default_context(cafile=str(sa_dir / "ca.crt"))
+    return HttpNodeApi(_Endpoint(host, int(port), context, token_file=sa_dir / "token"))
+
+
+def _data_or_file(entry: Mapping[str, Any], key: str, base: Path) -> bytes | None:
+    if entry.get(f"{key}-data"):
+        return base64.b64decode(entry[f"{key}-data"])
+    if entry.get(key):
+        return (base / str(entry[key])).read_bytes()
+    return None
+
+
+def from_kubeconfig(path: Path) -> HttpNodeApi:
+    import yaml  # a dependency of the kubernetes package; loaded only when a kubeconfig is used
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise KubeConfigError(f"kubeconfig {path}: {error}") from None
+    try:
+        context_name = config["current-context"]
+        context = next(c["context"] for c in config["contexts"] if c["name"] == context_name)
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        user: dict[str, Any] = next(
+            (u["user"] for u in config.get("users") or [] if u["name"] == context.get("user")), {}
+        )
+    except (KeyError, TypeError, StopIteration) as error:
+        raise KubeConfigError(f"kubeconfig {path}: no usable current context ({error!r})") from None
+    if user.get("exec") or user.get("auth-provider"):
+        raise KubeConfigError(
+            f"kubeconfig {path}: user {context.get('user')!r} needs an exec/auth-provider plugin; "
+            "use a token or client certificate (or run in-cluster)"
+        )
+    scheme, host, port = _split_server(str(cluster["server"]))
+    base = path.parent
+    ssl_context = None
+    if scheme == "https":
+        ssl_context = ssl.create_default_context()
+        ca = _data_or_file(cluster, "certificate-authority", base)
+        if ca is not None:
+            ssl_context.load_verify_locations(cadata=ca.decode())
+        if cluster.get("insecure-skip-tls-verify"):
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
+        cert, key = _data_or_file(user, "client-certificate", base), _data_or_file(user, "client-key", base)
+        if cert is not None and key is not None:
+            # ssl only loads client credentials from files; they live for the length of this call.
+            with tempfile.TemporaryDirectory(prefix="kubeconfig-") as tmp:
+                cert_file, key_file = Path(tmp) / "client.crt", Path(tmp) / "client.key"
+                cert_file.write_bytes(cert)
+                key_file.write_bytes(key)
+                ssl_context.load_cert_chain(str(cert_file), str(key_file))
+    token_file = base / str(user["tokenFile"]) if user.get("tokenFile") else None
+    return HttpNodeApi(_Endpoint(host, port, ssl_context, token=user.get("token"), token_file=token_file))
+
+
+def connect(kubeconfig: str) -> HttpNodeApi:
+    """The client for --kubeconfig: "" = in-cluster, else a kubeconfig path ("none" is handled by the caller)."""
+    return in_cluster() if kubeconfig == "" else from_kubeconfig(Path(kubeconfig))

@@ -1,0 +1,200 @@
+"""`neuron-device-plugin`: wire the parts together and run them until SIGTERM.
+
+Signals only set an event. Shutdown then cancels every task, waits a bounded time, and reports what failed;
+each resource server removes its own socket as its task unwinds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+from neuronalloc import Resource
+from neuronlog import configure_logging, get_logger
+from plugin.config import ConfigError, PluginConfig, load_config
+from plugin.discovery import Discovery, DiscoveryError, discover
+from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
+from plugin.kubeapi import INSTANCE_TYPE_LABEL, KubeApiError, KubeConfigError, NodeApi, connect
+from plugin.lifecycle import ResourceLifecycle
+from plugin.metrics import PluginMetrics, serve_http
+from plugin.nodeview import NodeView
+from plugin.podresources import PodResourcesClient
+from plugin.publisher import Publisher
+from plugin.server import DevicePluginServicer
+from plugin.sockets import SocketInUseError
+
+log = get_logger("plugin")
+
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+LOOP_STALL_SECONDS = 10.0  # /healthz fails when the event loop has not ticked for this long
+
+
+def _connect_api(config: PluginConfig) -> NodeApi | None:
+    if not config.publishing_enabled:
+        log.info("publish.disabled", reason="--kubeconfig none")
+        return None
+    try:
+        return connect(config.kubeconfig)
+    except KubeConfigError as error:
+        # Serving kubelet matters more than publishing: run without the API server, loudly.
+        log.error("publish.disabled", reason="kubeconfig", error=str(error))
+        return None
+
+
+async def _node_label(api: NodeApi | None, config: PluginConfig) -> str | None:
+    if api is None or config.instance_type:
+        return None
+    try:
+        labels = await asyncio.wait_for(asyncio.to_thread(api.node_labels, config.node_name), 15)
+    except (KubeApiError, TimeoutError) as error:
+        log.warning("discovery.node_label_unavailable", node=config.node_name, error=str(error))
+        return None
+    return labels.get(INSTANCE_TYPE_LABEL)
+
+
+def _log_discovery(found: Discovery) -> None:
+    topology = found.topology
+    (log.info if topology.known else log.warning)(
+        "discovery.done" if topology.known else "discovery.unknown_instance_type",
+        instance_type=topology.instance_type,
+        source=found.type_source.value,
+        devices=topology.device_count,
+        cores_per_device=topology.cores_per_device,
+        rule=topology.describe_rule(Resource.NEURON),
+        present=",".join(map(str, sorted(found.present))),
+    )
+
+
+def _health_sources(config: PluginConfig, found: Discovery) -> list[HealthSource]:
+    count = found.topology.device_count
+    sources: list[HealthSource] = [PresenceSource(config.device_root, count)]
+    if config.hw_error_log:
+        sources.append(KernelLogSource(config.hw_error_log, count))
+    return sources
+
+
+async def _run_until_signal(jobs: Mapping[str, Coroutine[Any, Any, None]]) -> int:
+    """Run the jobs until SIGTERM/SIGINT or until one of them ends (a failure). 0 = clean stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = {asyncio.create_task(job, name=name) for name, job in jobs.items()}
+    stop_task = asyncio.create_task(stop.wait(), name="signal")
+    done, _ = await asyncio.wait({*tasks, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    for task in done - {stop_task}:
+        exit_code = 1
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, SocketInUseError):
+            log.error("plugin.socket_in_use", error=str(error))
+        else:
+            log.error("plugin.task_failed", task=task.get_name(), error=repr(error))
+    log.info("plugin.stopping", reason="signal" if stop_task in done else "task_failed")
+    stop_task.cancel()
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    for task in pending:
+        log.error("plugin.shutdown_timeout", task=task.get_name())
+        exit_code = 1
+    return exit_code
+
+
+async def run(config: PluginConfig) -> int:
+    metrics = PluginMetrics()
+    api = _connect_api(config)
+    found = discover(
+        device_root=config.device_root,
+        sysfs_root=config.sysfs_root,
+        logical_nc_config=config.logical_nc_config,
+        instance_type_flag=config.instance_type,
+        node_label=await _node_label(api, config),
+    )
+    _log_discovery(found)
+    topology = found.topology
+    metrics.set_topology(topology)
+
+    podresources = PodResourcesClient(config.pod_resources_socket, topology)
+    view = NodeView(topology, podresources.list_holdings, clock=time.monotonic)
+
+    def on_health_change(unhealthy: Mapping[int, str]) -> None:
+        view.set_unhealthy(unhealthy)
+        metrics.set_device_health(topology, frozenset(unhealthy))
+
+    sources = _health_sources(config, found)
+    health = HealthMonitor(sources, on_health_change, clock=time.monotonic)
+    health.check()  # the first device list kubelet sees is already correct
+    metrics.set_device_health(topology, frozenset(health.unhealthy))  # also when all are healthy (no change)
+    publisher = Publisher(view, config.node_name, api, metrics)
+
+    def servicer_for(resource: Resource) -> DevicePluginServicer:
+        return DevicePluginServicer(
+            resource, view, metrics, config.device_root, found.numa_nodes, on_allocated=publisher.trigger
+        )
+
+    last_tick = time.monotonic()
+
+    async def tick() -> None:
+        nonlocal last_tick
+        while True:
+            last_tick = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    http_server = None
+    if config.metrics_port:
+        try:
+            http_server = serve_http(
+                metrics, config.metrics_port, lambda: time.monotonic() - last_tick < LOOP_STALL_SECONDS
+            )
+        except OSError as error:
+            log.error("metrics.port_unavailable", port=config.metrics_port, error=str(error))
+            await podresources.close()
+            return 1
+
+    jobs: dict[str, Coroutine[Any, Any, None]] = {"health": health.run(), "publisher": publisher.run(), "tick": tick()}
+    for resource in Resource:
+        lifecycle = ResourceLifecycle(
+            resource, config.kubelet_socket_dir, functools.partial(servicer_for, resource), metrics
+        )
+        jobs[f"lifecycle-{resource.short}"] = lifecycle.run()
+
+    try:
+        exit_code = await _run_until_signal(jobs)
+    finally:
+        await podresources.close()
+        for source in sources:
+            if isinstance(source, KernelLogSource):
+                source.close()
+        if http_server is not None:
+            http_server.shutdown()
+    log.info("plugin.stopped", exit_code=exit_code)
+    return exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as error:
+        print(f"neuron-device-plugin: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    # grpc's and asyncio's debug chatter is not ours: keep --log-level=debug about the plugin's own events.
+    for noisy in ("grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    try:
+        return asyncio.run(run(config))
+    except DiscoveryError as error:
+        log.error("discovery.failed", error=str(error))
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

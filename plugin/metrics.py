@@ -1,0 +1,165 @@
+"""Every metric the plugin exports, and the /metrics + /healthz endpoint.
+
+Names are the public contract in docs/CONTRACTS.md. Label sets are zero-initialised so that dashboards and
+alerts see a 0, not a missing series, before the first event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from neuronalloc import Resource, Topology, largest_free_block
+from plugin.nodeview import Usage
+
+RPCS = ("GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation", "Allocate", "PreStartContainer")
+ALLOCATION_RESULTS = ("ok", "invalid_argument", "failed_precondition")
+REGISTRATION_RESULTS = ("ok", "error")
+PUBLISH_ERROR_REASONS = ("podresources_unavailable", "apiserver_unreachable", "apiserver_rejected")
+STATES = ("healthy", "unhealthy", "allocated", "free")
+_RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class PluginMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        ns, sub, reg = "neuron_contig", "plugin", self.registry
+        self.devices = Gauge("devices", "Neuron devices by state", ["state"], namespace=ns, subsystem=sub, registry=reg)
+        self.cores = Gauge("cores", "NeuronCores by state", ["state"], namespace=ns, subsystem=sub, registry=reg)
+        self.largest_free_block = Gauge(
+            "largest_free_block",
+            "Largest request that fits now under the node's block rule",
+            ["resource"], namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.allocations = Counter(
+            "allocations", "Allocate calls by result", ["resource", "result"], namespace=ns, subsystem=sub, registry=reg
+        )
+        self.rpc_duration = Histogram(
+            "rpc_duration_seconds",
+            "Device-plugin RPC handling time (ListAndWatch: time to each update)",
+            ["rpc", "resource"], namespace=ns, subsystem=sub, registry=reg, buckets=_RPC_BUCKETS,
+        )  # fmt: skip
+        self.registrations = Counter(
+            "registrations", "Register calls to kubelet by result", ["resource", "result"],
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.registered = Gauge(
+            "registered", "1 while registered with kubelet", ["resource"], namespace=ns, subsystem=sub, registry=reg
+        )
+        self.publish_errors = Counter(
+            "publish_errors", "Node-state publishing failures by reason", ["reason"],
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.last_publish = Gauge(
+            "last_publish_timestamp_seconds", "Unix time of the last successful node-annotation write",
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.topology_fallback = Gauge(
+            "topology_fallback", "1 = unknown instance type, devices treated as a linear chain",
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.device_healthy = Gauge(
+            "device_healthy", "1 = device healthy", ["device"], namespace=ns, subsystem=sub, registry=reg
+        )
+        self._zero_initialise()
+
+    def _zero_initialise(self) -> None:
+        for resource in Resource:
+            self.largest_free_block.labels(resource.short)
+            self.registered.labels(resource.short)
+            for rpc in RPCS:
+                self.rpc_duration.labels(rpc, resource.short)
+            for result in ALLOCATION_RESULTS:
+                self.allocations.labels(resource.short, result)
+            for result in REGISTRATION_RESULTS:
+                self.registrations.labels(resource.short, result)
+        for state in STATES:
+            self.devices.labels(state)
+            self.cores.labels(state)
+        for reason in PUBLISH_ERROR_REASONS:
+            self.publish_errors.labels(reason)
+
+    @contextmanager
+    def rpc_timer(self, rpc: str, resource: Resource) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.rpc_duration.labels(rpc, resource.short).observe(time.perf_counter() - started)
+
+    def set_topology(self, topology: Topology) -> None:
+        self.topology_fallback.set(0 if topology.known else 1)
+
+    def set_usage(self, topology: Topology, usage: Usage) -> None:
+        unhealthy = usage.unhealthy_devices & frozenset(range(topology.device_count))
+        cores_in_use = usage.used_cores | topology.cores_of_devices(usage.used_devices)
+        devices_in_use = usage.used_devices | topology.devices_of_cores(usage.used_cores)
+        self.devices.labels("healthy").set(topology.device_count - len(unhealthy))
+        self.devices.labels("unhealthy").set(len(unhealthy))
+        self.devices.labels("allocated").set(len(devices_in_use))
+        self.devices.labels("free").set(len(usage.free_devices))
+        self.cores.labels("healthy").set(topology.core_count - len(topology.cores_of_devices(unhealthy)))
+        self.cores.labels("unhealthy").set(len(topology.cores_of_devices(unhealthy)))
+        self.cores.labels("allocated").set(len(cores_in_use))
+        self.cores.labels("free").set(len(usage.free_cores))
+        self.largest_free_block.labels(Resource.NEURON.short).set(
+            largest_free_block(topology, Resource.NEURON, usage.free_devices)
+        )
+        self.largest_free_block.labels(Resource.NEURONCORE.short).set(
+            largest_free_block(topology, Resource.NEURONCORE, usage.free_cores)
+        )
+        self.set_device_health(topology, unhealthy)
+
+    def set_device_health(self, topology: Topology, unhealthy: Collection[int]) -> None:
+        for device in range(topology.device_count):
+            self.device_healthy.labels(str(device)).set(0 if device in unhealthy else 1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve_http(
+    metrics: PluginMetrics, port: int, is_healthy: Callable[[], bool], host: str = ""
+) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on a daemon thread; the caller shuts the server down."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._reply(200, CONTENT_TYPE_LATEST, metrics.exposition())
+            elif self.path == "/healthz":
+                ok = is_healthy()
+                self._reply(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+            else:
+                self._reply(404, "text/plain", b"not found: try /metrics or /healthz\n")
+
+        def _reply(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

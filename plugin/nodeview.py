@@ -1,0 +1,158 @@
+"""The plugin's own view of the node: health, what pods hold, and allocations kubelet has not reported yet.
+
+Kubelet tracks `neuron` and `neuroncore` as unrelated resources, so its `available` list for one can include
+hardware held through the other. This view is what closes that gap: it is read by GetPreferredAllocation and
+Allocate, and published as node annotations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from neuronalloc import NodeState, Resource, Topology, free_sets
+from neuronlog import get_logger
+from plugin.podresources import PodHoldings
+
+log = get_logger(__name__)
+
+# An allocation PodResources never shows was rejected by kubelet after Allocate (admission failed); it
+# stops counting after this long. Kubelet records devices right after Allocate, so the window is short.
+PENDING_TTL_SECONDS = 30.0
+
+
+class Changes:
+    """A version counter that waiters can block on: `await changes.wait_past(seen)`."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._event = asyncio.Event()
+
+    def bump(self) -> None:
+        self.version += 1
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait_past(self, seen: int) -> int:
+        while self.version == seen:
+            await self._event.wait()
+        return self.version
+
+
+@dataclass(frozen=True)
+class PendingAllocation:
+    resource: Resource
+    ids: frozenset[int]
+    at: float
+
+
+class Ledger:
+    """Allocations this process made that the last PodResources answer did not show yet."""
+
+    def __init__(self, ttl: float = PENDING_TTL_SECONDS) -> None:
+        self._ttl = ttl
+        self._pending: list[PendingAllocation] = []
+
+    def record(self, resource: Resource, ids: frozenset[int], now: float) -> None:
+        self._pending.append(PendingAllocation(resource, ids, now))
+
+    def reconcile(self, holdings: PodHoldings, now: float) -> None:
+        shown = {Resource.NEURON: holdings.used_devices, Resource.NEURONCORE: holdings.used_cores}
+        self._pending = [p for p in self._pending if not p.ids <= shown[p.resource] and now - p.at < self._ttl]
+
+    def used(self, resource: Resource) -> frozenset[int]:
+        return frozenset().union(*(p.ids for p in self._pending if p.resource is resource))
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Free and used hardware at one moment, under the shared-hardware rule."""
+
+    used_devices: frozenset[int]
+    used_cores: frozenset[int]
+    unhealthy_devices: frozenset[int]
+    free_devices: frozenset[int]
+    free_cores: frozenset[int]
+
+
+class NodeView:
+    def __init__(
+        self,
+        topology: Topology,
+        read_holdings: Callable[[], Awaitable[PodHoldings]],
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self.topology = topology
+        self._read_holdings = read_holdings
+        self._clock = clock
+        self.ledger = Ledger()
+        self.unhealthy: Mapping[int, str] = {}
+        self.holdings = PodHoldings(pods={})
+        self.observed_at: datetime | None = None  # None until PodResources first answered
+        self.health_changes = Changes()  # device lists for ListAndWatch
+        self.state_changes = Changes()  # anything the publisher shows
+        self._refresh_lock = asyncio.Lock()
+
+    # -- inputs ------------------------------------------------------------------------------------------
+    def set_unhealthy(self, unhealthy: Mapping[int, str]) -> None:
+        self.unhealthy = dict(unhealthy)
+        self.health_changes.bump()
+        self.state_changes.bump()
+
+    def record_allocation(self, resource: Resource, ids: frozenset[int]) -> None:
+        self.ledger.record(resource, ids, self._clock())
+        self.state_changes.bump()
+
+    async def refresh(self) -> None:
+        """Read PodResources once. Concurrent callers share one read. Raises PodResourcesUnavailable."""
+        if self._refresh_lock.locked():
+            async with self._refresh_lock:  # a read is in flight: its answer is as fresh as ours would be
+                return
+        async with self._refresh_lock:
+            holdings = await self._read_holdings()
+            self.holdings = holdings
+            self.observed_at = datetime.now(UTC).replace(microsecond=0)
+            self.ledger.reconcile(holdings, self._clock())
+            self.state_changes.bump()
+
+    # -- views -------------------------------------------------------------------------------------------
+    def is_healthy(self, device: int) -> bool:
+        return device not in self.unhealthy
+
+    def used(self, resource: Resource) -> frozenset[int]:
+        from_pods = self.holdings.used_devices if resource is Resource.NEURON else self.holdings.used_cores
+        return from_pods | self.ledger.used(resource)
+
+    def usage(self) -> Usage:
+        used_devices, used_cores = self.used(Resource.NEURON), self.used(Resource.NEURONCORE)
+        unhealthy = frozenset(self.unhealthy)
+        free_devices, free_cores = free_sets(self.topology, used_devices, used_cores, unhealthy)
+        return Usage(used_devices, used_cores, unhealthy, free_devices, free_cores)
+
+    def usable(self, resource: Resource) -> frozenset[int]:
+        """IDs of `resource` that health and the *other* resource's holdings leave usable.
+
+        The resource's own holdings are left to kubelet, whose `available` list is authoritative for them and
+        fresher than PodResources when a pod has just ended.
+        """
+        unhealthy = frozenset(self.unhealthy)
+        if resource is Resource.NEURON:
+            return free_sets(self.topology, (), self.used(Resource.NEURONCORE), unhealthy)[0]
+        return free_sets(self.topology, self.used(Resource.NEURON), (), unhealthy)[1]
+
+    def node_state(self) -> NodeState | None:
+        """The state to publish, or None before PodResources has answered once."""
+        if self.observed_at is None:
+            return None
+        usage = self.usage()
+        return NodeState(
+            topology=self.topology,
+            free_devices=usage.free_devices,
+            free_cores=usage.free_cores,
+            unhealthy_devices=usage.unhealthy_devices,
+            pods=self.holdings.pods,
+            observed_at=self.observed_at,
+        )

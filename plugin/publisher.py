@@ -1,0 +1,134 @@
+"""Publish this node's Neuron state as `neuron-contig.io/` node annotations.
+
+The state is recomputed from kubelet's PodResources at start, shortly after every Allocate, and on a short
+poll (there is no "free" RPC, so a poll is how released hardware is seen). Nothing is persisted. The
+annotations are merge-patched only when they change (plus a slow heartbeat so readers can tell a live plugin
+from a dead one). When the API server is unreachable the plugin keeps serving kubelet; writes back off and
+the newest state is written once it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+
+from neuronalloc import encode_node_state
+from neuronalloc.nodestate import ALL_KEYS, OBSERVED_AT
+from neuronlog import get_logger
+from plugin.kubeapi import KubeApiError, NodeApi
+from plugin.metrics import PluginMetrics
+from plugin.nodeview import NodeView
+from plugin.podresources import PodResourcesUnavailable
+
+log = get_logger(__name__)
+
+POLL_SECONDS = 2.0
+AFTER_ALLOCATE_DELAY_SECONDS = 0.1  # kubelet records an allocation right after Allocate returns
+HEARTBEAT_SECONDS = 60.0
+BACKOFF_MIN_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+
+
+def annotation_patch(desired: Mapping[str, str], written: Mapping[str, str] | None) -> dict[str, str | None]:
+    """The merge patch that turns `written` (None = unknown, e.g. at start) into `desired`.
+
+    Keys of ours that `desired` lacks are removed (null), so nothing stale survives a restart or an upgrade.
+    """
+    patch: dict[str, str | None] = dict(desired)
+    for key in ALL_KEYS if written is None else written.keys():
+        if key not in desired:
+            patch[key] = None
+    return patch
+
+
+def needs_write(desired: Mapping[str, str], written: Mapping[str, str] | None, since_write: float) -> bool:
+    if written is None or since_write >= HEARTBEAT_SECONDS:
+        return True
+    ignore = {OBSERVED_AT}  # a fresh read of the same state is not a change
+    return {k: v for k, v in desired.items() if k not in ignore} != {
+        k: v for k, v in written.items() if k not in ignore
+    }
+
+
+class Publisher:
+    def __init__(
+        self,
+        view: NodeView,
+        node_name: str,
+        api: NodeApi | None,
+        metrics: PluginMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._view = view
+        self._node = node_name
+        self._api = api
+        self._metrics = metrics
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._written: dict[str, str] | None = None
+        self._written_at = 0.0
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+        self._podresources_ok: bool | None = None
+        self.first_read_done = asyncio.Event()
+
+    def trigger(self) -> None:
+        """Ask for a PodResources read soon (after an Allocate)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.refresh_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                await asyncio.sleep(AFTER_ALLOCATE_DELAY_SECONDS)
+            self._wake.clear()
+
+    async def refresh_once(self) -> None:
+        try:
+            await self._view.refresh()
+            if self._podresources_ok is not True:
+                log.info("podresources.ok", pods=len(self._view.holdings.pods))
+            self._podresources_ok = True
+            self.first_read_done.set()
+        except PodResourcesUnavailable as error:
+            self._metrics.publish_errors.labels("podresources_unavailable").inc()
+            if self._podresources_ok is not False:  # log transitions, count every failure
+                log.warning("podresources.unavailable", error=str(error))
+            self._podresources_ok = False
+        if self._view.observed_at is not None:  # before PodResources answers, usage is unknown, not zero
+            self._metrics.set_usage(self._view.topology, self._view.usage())
+        if self._api is not None:
+            await self._publish(self._api)
+
+    async def _publish(self, api: NodeApi) -> None:
+        state = self._view.node_state()
+        now = self._clock()
+        if state is None or now < self._next_attempt:
+            return
+        desired = encode_node_state(state)
+        if not needs_write(desired, self._written, now - self._written_at):
+            return
+        patch = annotation_patch(desired, self._written)
+        try:
+            await asyncio.to_thread(api.patch_node_annotations, self._node, patch)
+        except KubeApiError as error:
+            reason = "apiserver_unreachable" if error.unreachable else "apiserver_rejected"
+            self._metrics.publish_errors.labels(reason).inc()
+            self._backoff = min(max(self._backoff * 2, BACKOFF_MIN_SECONDS), BACKOFF_MAX_SECONDS)
+            self._next_attempt = now + self._backoff
+            log.warning("publish.failed", node=self._node, reason=reason, error=str(error), retry_in=self._backoff)
+            return
+        self._written, self._written_at = desired, now
+        self._backoff, self._next_attempt = 0.0, 0.0
+        self._metrics.last_publish.set(time.time())
+        log.info(
+            "publish.ok",
+            node=self._node,
+            free_devices=desired.get("neuron-contig.io/free-devices", ""),
+            free_cores=desired.get("neuron-contig.io/free-cores", ""),
+            pods=len(state.pods),
+        )

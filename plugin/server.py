@@ -1,0 +1,231 @@
+"""One DevicePlugin gRPC server per resource: the RPC handlers and the server's own lifecycle.
+
+The handlers run on grpc.aio's event loop, the same loop as health, the publisher and registration, so the
+node view needs no locks and shutdown is plain task cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable
+from enum import Enum
+from pathlib import Path
+
+import grpc
+
+from neuronalloc import Resource
+from neuronlog import get_logger
+from plugin import allocation
+from plugin._proto.deviceplugin.v1beta1 import api_pb2 as dp_pb2
+from plugin._proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
+from plugin.allocation import AllocationRejected, Rejection
+from plugin.metrics import PluginMetrics
+from plugin.nodeview import NodeView
+from plugin.podresources import PodResourcesUnavailable
+from plugin.sockets import prepare_socket, remove_socket_if_ours, socket_identity, wait_dialable
+
+log = get_logger(__name__)
+
+HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
+_STATUS = {
+    Rejection.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Rejection.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        resource: Resource,
+        view: NodeView,
+        metrics: PluginMetrics,
+        device_root: Path,
+        numa_nodes: dict[int, int],
+        on_allocated: Callable[[], None],
+    ) -> None:
+        self.resource = resource
+        self._view = view
+        self._metrics = metrics
+        self._device_root = device_root
+        self._numa_nodes = numa_nodes
+        self._on_allocated = on_allocated
+        self._log = log.bind(resource=resource.value)
+        self.stream_ended = asyncio.Event()  # kubelet's ListAndWatch went away: time to register again
+
+    # -- device list -------------------------------------------------------------------------------------
+    def device_list(self) -> dp_pb2.ListAndWatchResponse:
+        topology = self._view.topology
+        devices = []
+        for unit in range(topology.unit_count(self.resource)):
+            device = unit if self.resource is Resource.NEURON else topology.device_of_core(unit)
+            numa = self._numa_nodes.get(device)
+            devices.append(
+                dp_pb2.Device(
+                    ID=str(unit),
+                    health=HEALTHY if self._view.is_healthy(device) else UNHEALTHY,
+                    topology=dp_pb2.TopologyInfo(nodes=[dp_pb2.NUMANode(ID=numa)]) if numa is not None else None,
+                )
+            )
+        return dp_pb2.ListAndWatchResponse(devices=devices)
+
+    # -- RPCs --------------------------------------------------------------------------------------------
+    async def GetDevicePluginOptions(
+        self, request: dp_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> dp_pb2.DevicePluginOptions:
+        with self._metrics.rpc_timer("GetDevicePluginOptions", self.resource):
+            # Advertise exactly what is implemented: no PreStartContainer work, a real preferred allocation.
+            return dp_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+    async def ListAndWatch(
+        self, request: dp_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[dp_pb2.ListAndWatchResponse]:
+        self._log.info("listandwatch.started")
+        changes = self._view.health_changes
+        seen = changes.version
+        try:
+            while True:
+                with self._metrics.rpc_timer("ListAndWatch", self.resource):
+                    update = self.device_list()
+                yield update
+                seen = await changes.wait_past(seen)
+        finally:
+            self._log.info("listandwatch.ended")
+            self.stream_ended.set()
+
+    async def GetPreferredAllocation(
+        self, request: dp_pb2.PreferredAllocationRequest, context: grpc.aio.ServicerContext
+    ) -> dp_pb2.PreferredAllocationResponse:
+        with self._metrics.rpc_timer("GetPreferredAllocation", self.resource):
+            responses = []
+            for container in request.container_requests:
+                decide = functools.partial(
+                    allocation.preferred,
+                    self._view,
+                    self.resource,
+                    list(container.available_deviceIDs),
+                    list(container.must_include_deviceIDs),
+                    container.allocation_size,
+                )
+                try:
+                    chosen = await self._with_fresh_view_on_refusal(decide)
+                except AllocationRejected as rejected:
+                    self._log.warning(
+                        "preferred_allocation.rejected",
+                        ids=rejected.ids,
+                        rule=rejected.rule,
+                        size=container.allocation_size,
+                        available=",".join(container.available_deviceIDs),
+                        message=rejected.message,
+                    )
+                    await context.abort(_STATUS[rejected.kind], rejected.message)
+                    raise  # abort raises; this line only tells type checkers so
+                self._log.info("preferred_allocation.chosen", ids=",".join(map(str, chosen)))
+                responses.append(dp_pb2.ContainerPreferredAllocationResponse(deviceIDs=[str(u) for u in chosen]))
+            return dp_pb2.PreferredAllocationResponse(container_responses=responses)
+
+    async def Allocate(
+        self, request: dp_pb2.AllocateRequest, context: grpc.aio.ServicerContext
+    ) -> dp_pb2.AllocateResponse:
+        with self._metrics.rpc_timer("Allocate", self.resource):
+            blocks: list[tuple[int, ...]] = []
+            for container in request.container_requests:
+                ids = list(container.devices_ids)
+                try:
+                    blocks.append(
+                        await self._with_fresh_view_on_refusal(
+                            functools.partial(allocation.validate, self._view, self.resource, ids)
+                        )
+                    )
+                except AllocationRejected as rejected:
+                    self._metrics.allocations.labels(self.resource.short, rejected.kind.value).inc()
+                    self._log.warning(
+                        "allocate.rejected", ids=rejected.ids, rule=rejected.rule, message=rejected.message
+                    )
+                    await context.abort(_STATUS[rejected.kind], rejected.message)
+                    raise
+            responses = []
+            for block in blocks:
+                grant = allocation.grant(self._view.topology, self._device_root, self.resource, block)
+                self._view.record_allocation(self.resource, frozenset(block))
+                self._metrics.allocations.labels(self.resource.short, "ok").inc()
+                self._log.info(
+                    "allocate.granted",
+                    ids=",".join(map(str, block)),
+                    devices=grant.envs["AWS_NEURON_VISIBLE_DEVICES"],
+                    cores=grant.envs["NEURON_RT_VISIBLE_CORES"],
+                )
+                responses.append(
+                    dp_pb2.ContainerAllocateResponse(
+                        envs=grant.envs,
+                        devices=[
+                            dp_pb2.DeviceSpec(host_path=host, container_path=container_path, permissions="rw")
+                            for host, container_path in grant.device_paths
+                        ],
+                    )
+                )
+            self._on_allocated()
+            return dp_pb2.AllocateResponse(container_responses=responses)
+
+    async def PreStartContainer(
+        self, request: dp_pb2.PreStartContainerRequest, context: grpc.aio.ServicerContext
+    ) -> dp_pb2.PreStartContainerResponse:
+        with self._metrics.rpc_timer("PreStartContainer", self.resource):
+            return dp_pb2.PreStartContainerResponse()
+
+    async def _with_fresh_view_on_refusal(self, decide: Callable[[], tuple[int, ...]]) -> tuple[int, ...]:
+        """Decide; if the view says no, re-read PodResources once (a holder may just have ended) and decide again."""
+        try:
+            return decide()
+        except AllocationRejected as first:
+            if first.kind is not Rejection.FAILED_PRECONDITION:
+                raise
+            try:
+                await self._view.refresh()
+            except PodResourcesUnavailable as error:
+                self._log.warning("podresources.unavailable", error=str(error))
+                raise first from None
+            return decide()
+
+
+class ServerState(Enum):
+    NEW = "new"
+    SERVING = "serving"
+    STOPPED = "stopped"
+
+
+class ResourceServer:
+    """A gRPC server on one unix socket. start() once; stop() is safe before start() and when repeated."""
+
+    def __init__(self, servicer: DevicePluginServicer, socket_path: Path) -> None:
+        self.servicer = servicer
+        self.socket_path = socket_path
+        self.state = ServerState.NEW
+        self._server: grpc.aio.Server | None = None
+        self._identity: tuple[int, int] | None = None
+
+    async def start(self) -> None:
+        if self.state is not ServerState.NEW:
+            raise RuntimeError(f"server for {self.socket_path} cannot start from state {self.state.value}")
+        prepare_socket(self.socket_path)  # raises SocketInUseError if another process serves it
+        server = grpc.aio.server()
+        dp_grpc.add_DevicePluginServicer_to_server(self.servicer, server)
+        server.add_insecure_port(f"unix://{self.socket_path.absolute()}")
+        self._server = server
+        self.state = ServerState.SERVING
+        await server.start()
+        self._identity = socket_identity(self.socket_path)
+        await wait_dialable(self.socket_path)
+
+    def socket_intact(self) -> bool:
+        """False once our socket file was deleted or replaced (kubelet restart wipes the directory)."""
+        return self._identity is not None and socket_identity(self.socket_path) == self._identity
+
+    async def stop(self, grace: float = 0.2) -> None:
+        if self.state is ServerState.SERVING and self._server is not None:
+            self.state = ServerState.STOPPED
+            try:
+                await self._server.stop(grace)
+            finally:  # even when shutdown cancels us mid-stop, the socket must not outlive the process
+                remove_socket_if_ours(self.socket_path, self._identity)
+        self.state = ServerState.STOPPED

@@ -1,0 +1,84 @@
+"""A loopback HTTP stand-in for the API server's node endpoints (GET and PATCH /api/v1/nodes/<name>),
+shipped with the tests. It records every request and merges PATCH bodies into the node's annotations, as a
+JSON merge patch would."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.plugin.harness import free_port
+
+
+class FakeApiServer:
+    def __init__(self, labels: dict[str, str] | None = None) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.labels = labels or {}
+        self.annotations: dict[str, str] = {}
+        self.status = 200  # set to 5xx/4xx to make every request fail
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                with outer.lock:
+                    outer.requests.append(
+                        {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+                    )
+                    status = outer.status
+                    if status == 200 and self.command == "PATCH" and body:
+                        for key, value in body["metadata"]["annotations"].items():
+                            if value is None:
+                                outer.annotations.pop(key, None)
+                            else:
+                                outer.annotations[key] = value
+                    reply = {"metadata": {"labels": outer.labels, "annotations": outer.annotations}}
+                payload = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_PATCH = _handle
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def patches(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["method"] == "PATCH"]
+
+    def annotation(self, key: str) -> str | None:
+        with self.lock:
+            return self.annotations.get(key)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def kubeconfig(self, directory: Path, user: dict[str, Any] | None = None) -> Path:
+        return write_kubeconfig(directory, f"http://127.0.0.1:{self.port}", user or {"token": "t0k"})
+
+
+def write_kubeconfig(directory: Path, server: str, user: dict[str, Any]) -> Path:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
+        "contexts": [{"name": "test", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": user}],
+    }
+    path = directory / "kubeconfig"
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return path

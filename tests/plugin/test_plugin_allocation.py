@@ -1,0 +1,84 @@
+"""GetPreferredAllocation / Allocate decisions against the node view, without gRPC (properties + rules)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neuronalloc import Resource, check_block, resolve_topology
+from plugin.allocation import AllocationRejected, Rejection, grant, preferred, validate
+from plugin.nodeview import NodeView
+from plugin.podresources import PodHoldings, holdings_from_pod_resources
+from tests.plugin.kubelet_stub import pod_resources
+
+TOPOLOGIES = [resolve_topology(t, n) for t, n in (("inf2.48xlarge", 12), ("trn1.32xlarge", 16), ("inf1.6xlarge", 4))]
+
+
+def make_view(topology_index: int, core_holders: frozenset[int]) -> NodeView:
+    topology = TOPOLOGIES[topology_index]
+    cores = [str(c) for c in sorted(core_holders) if c < topology.core_count]
+    pods = [pod_resources("ml", "c", {Resource.NEURONCORE.value: cores})] if cores else []
+
+    async def read() -> PodHoldings:
+        return holdings_from_pod_resources(pods, topology)
+
+    view = NodeView(topology, read, clock=lambda: 0.0)
+    asyncio.run(view.refresh())
+    return view
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, len(TOPOLOGIES) - 1),
+    st.frozensets(st.integers(0, 63), max_size=20),
+    st.frozensets(st.integers(0, 15)),
+    st.integers(1, 16),
+)
+def test_preferred_is_a_valid_block_of_usable_offered_devices(
+    index: int, core_holders: frozenset[int], offered: frozenset[int], size: int
+) -> None:
+    view = make_view(index, core_holders)
+    topology = view.topology
+    available = [str(d) for d in sorted(offered) if d < topology.device_count]
+    try:
+        chosen = preferred(view, Resource.NEURON, available, [], size)
+    except AllocationRejected as rejected:
+        assert rejected.message  # a reason, never an empty error
+        return
+    assert len(chosen) == size
+    assert {str(d) for d in chosen} <= set(available)
+    assert set(chosen) <= view.usable(Resource.NEURON)  # never a device whose cores are in use
+    assert check_block(topology, Resource.NEURON, chosen) is None
+    assert validate(view, Resource.NEURON, [str(d) for d in chosen]) == chosen  # Allocate accepts it
+
+
+def test_validate_reports_the_first_broken_rule() -> None:
+    view = make_view(1, frozenset({9}))  # trn1: core 9 is on device 4
+    cases = {
+        ("99",): (Rejection.INVALID_ARGUMENT, "unknown_id"),
+        ("1", "1"): (Rejection.INVALID_ARGUMENT, "duplicate_id"),
+        ("1", "2"): (Rejection.INVALID_ARGUMENT, "block_rule"),
+        ("4", "5", "6", "7"): (Rejection.FAILED_PRECONDITION, "shared_hardware"),
+        (): (Rejection.INVALID_ARGUMENT, "empty_request"),
+    }
+    for ids, (kind, rule) in cases.items():
+        with pytest.raises(AllocationRejected) as caught:
+            validate(view, Resource.NEURON, list(ids))
+        assert (caught.value.kind, caught.value.rule) == (kind, rule), ids
+    view.set_unhealthy({0: "device_node_missing"})
+    with pytest.raises(AllocationRejected, match=r"unhealthy devices \[0\] \(0: device_node_missing\)"):
+        validate(view, Resource.NEURONCORE, ["0", "1"])
+
+
+def test_grant_for_cores_and_devices() -> None:
+    from pathlib import Path
+
+    topology = TOPOLOGIES[0]  # inf2: 2 cores per device
+    cores = grant(topology, Path("/host/dev"), Resource.NEURONCORE, (3, 4))
+    assert cores.device_paths == (("/host/dev/neuron1", "/dev/neuron1"), ("/host/dev/neuron2", "/dev/neuron2"))
+    assert cores.envs == {"NEURON_RT_VISIBLE_CORES": "3-4", "AWS_NEURON_VISIBLE_DEVICES": "1-2"}
+    devices = grant(topology, Path("/dev"), Resource.NEURON, (10, 11))
+    assert devices.envs == {"NEURON_RT_VISIBLE_CORES": "20-23", "AWS_NEURON_VISIBLE_DEVICES": "10-11"}

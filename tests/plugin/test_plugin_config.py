@@ -1,0 +1,59 @@
+"""Flags, env vars and defaults of neuron-device-plugin."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from plugin.config import FLAGS, ConfigError, load_config
+
+
+def test_defaults_fit_a_real_node() -> None:
+    config = load_config([], {})
+    assert config.device_root == Path("/dev")
+    assert config.sysfs_root == Path("/sys")
+    assert config.kubelet_socket_dir == Path("/var/lib/kubelet/device-plugins")
+    assert config.pod_resources_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    assert config.node_name == socket.gethostname()
+    assert config.instance_type == ""
+    assert config.metrics_port == 9410
+    assert config.kubeconfig == "" and config.publishing_enabled
+    assert config.logical_nc_config == Path("/opt/aws/neuron/logical_nc_config")
+    assert config.hw_error_log == ""
+    assert config.log_level == "info"
+
+
+def test_env_var_fills_an_absent_flag_and_the_flag_wins() -> None:
+    env = {"NODE_NAME": "from-env", "METRICS_PORT": "9000", "INSTANCE_TYPE": "inf2.xlarge"}
+    config = load_config(["--node-name", "from-flag"], env)
+    assert config.node_name == "from-flag"
+    assert config.metrics_port == 9000
+    assert config.instance_type == "inf2.xlarge"
+
+
+def test_every_flag_has_an_upper_snake_case_env_var() -> None:
+    for flag in FLAGS:
+        value = "0" if flag.name == "metrics-port" else ("debug" if flag.name == "log-level" else "x")
+        from_env = load_config([], {flag.env_var: value})
+        from_flag = load_config([f"--{flag.name}", value], {})
+        assert from_env == from_flag, flag.name
+    assert {f.env_var for f in FLAGS} >= {"DEVICE_ROOT", "KUBELET_SOCKET_DIR", "POD_RESOURCES_SOCKET", "HW_ERROR_LOG"}
+
+
+def test_kubeconfig_none_turns_publishing_off() -> None:
+    assert not load_config(["--kubeconfig", "none"], {}).publishing_enabled
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["--metrics-port", "http"], {}, "metrics-port: 'http' is not a port number"),
+        ([], {"METRICS_PORT": "70000"}, "metrics-port: 70000 is outside 0..65535"),
+        (["--log-level", "loud"], {}, "log-level: 'loud' is not one of"),
+    ],
+)
+def test_bad_values_are_named(argv: list[str], env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_config(argv, env)
