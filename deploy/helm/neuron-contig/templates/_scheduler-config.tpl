@@ -1,0 +1,37 @@
+{{/* The KubeSchedulerConfiguration; with default values it equals deploy/scheduler/kube-scheduler-config.yaml. */}}
+{{- define "neuron-contig.schedulerConfig" -}}
+# KubeSchedulerConfiguration for the second scheduler "{{ .Values.schedulerName }}".
+# EKS does not allow extenders on its default scheduler, so pods opt in with spec.schedulerName.
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+leaderElection:
+  leaderElect: true
+  resourceNamespace: {{ .Release.Namespace }}
+  resourceName: {{ .Values.schedulerName }}
+profiles:
+  - schedulerName: {{ .Values.schedulerName }}
+extenders:
+  - urlPrefix: "{{ include "neuron-contig.extenderURL" . }}"
+    filterVerb: filter
+    prioritizeVerb: prioritize
+    # The extender binds so that it can re-check the block against fresh node state under a per-node lock:
+    # two pods that passed filter for the same last block cannot both be bound (see README, "Why bind").
+    bindVerb: bind
+    weight: {{ .Values.scheduler.extenderWeight }}
+    # Filter at 5,000 nodes takes milliseconds; bind does two API calls. 5 s leaves room for a slow API server.
+    httpTimeout: {{ .Values.scheduler.extenderTimeout }}
+    nodeCacheCapable: true
+    # A pod that needs a contiguous block must never be placed without the check.
+    ignorable: false
+    enableHTTPS: {{ .Values.extender.tls.enabled }}
+    {{- if .Values.extender.tls.enabled }}
+    tlsConfig:
+      serverName: neuron-scheduler-extender.{{ .Release.Namespace }}.svc
+      caFile: /etc/neuron-contig/extender-ca/ca.crt
+    {{- end }}
+    managedResources:
+      - name: aws.amazon.com/neuron
+        ignoredByScheduler: false
+      - name: aws.amazon.com/neuroncore
+        ignoredByScheduler: false
+{{- end }}
