@@ -1,0 +1,361 @@
+"""The extender's view of the cluster: nodes and bound pods as the API server's watches report them.
+
+Nothing here is the source of truth. Every entry is rebuilt from a list + watch of the API server, so any
+replica, and any restart, converges to the same view. The one thing held only in memory is a binding this
+replica made that its pod watch has not shown yet; it is dropped the moment the watch shows the pod (or after
+`binding_ttl`), and it only ever makes the view more conservative.
+
+Speed: a verdict depends only on (node state, pods bound to it, request shape), so verdicts are memoised per
+request shape, per node, and a node's entries are dropped the moment its state or its pods change. Filter at
+5,000 nodes is then a dict lookup per node; a warmer recomputes dropped entries between requests.
+
+All methods run on the event loop thread; watch threads hand events over with `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from extender.fit import PendingPod, Verdict, judge_node, unknown
+from extender.requests import PodRequest, Shape
+from extender.wire import NodeInfo, PodInfo, WireError, parse_node, parse_pod
+from neuronalloc import ANNOTATION_PREFIX, NodeState, NodeStateError, decode_node_state
+from neuronlog import get_logger
+
+__all__ = ["ClusterView", "active_pending_pod", "state_key"]
+
+log = get_logger(__name__)
+
+StateKey = tuple[tuple[str, str], ...]
+_MEMO_LIMIT = 50_000  # request-mode memo entries before the memo is cleared (bounded memory, never wrong)
+_RECENT_SHAPES = 16  # request shapes kept warm; a cluster runs a handful of pod sizes
+_TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def state_key(annotations: Mapping[str, str]) -> StateKey:
+    """The part of a node's annotations the verdict depends on, as a hashable key."""
+    return tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)))
+
+
+def active_pending_pod(pod: PodInfo) -> PendingPod | None:
+    """The pod as a claim on its node's devices, or None if it holds nothing (no Neuron need, or finished)."""
+    if not pod.node_name or pod.phase in _TERMINAL_PHASES or pod.request.empty:
+        return None
+    return PendingPod(pod.key, pod.created, pod.request)
+
+
+@dataclass
+class _Node:
+    name: str
+    key: StateKey
+    state: NodeState | None
+    problem: str  # why `state` is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    node: str
+    pod: PendingPod
+    uid: str
+    at: float
+
+
+class ClusterView:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, binding_ttl: float = 300.0) -> None:
+        self._clock = clock
+        self._binding_ttl = binding_ttl
+        self._nodes: dict[str, _Node] = {}
+        self._pods: dict[str, PendingPod] = {}  # pod key -> claim, for pods bound and active
+        self._pod_node: dict[str, str] = {}  # pod key -> node name
+        self._pods_on: dict[str, dict[str, PendingPod]] = {}  # node name -> pod key -> claim
+        self._pods_version: dict[str, int] = {}  # node name -> bumps when its pod set changes
+        self._remembered: dict[str, _Remembered] = {}  # pod key -> a binding the watch has not shown yet
+        self._decoded: dict[StateKey, NodeState | str] = {}
+        self._request_memo: dict[tuple[StateKey, int, Shape, bool], Verdict] = {}
+        self._synced: set[str] = set()
+        # Request shapes seen lately (most recent last) and nodes whose verdicts changed since: the warmer
+        # recomputes those verdicts between requests, so a filter finds them memoised.
+        self._recent: dict[Shape, PodRequest] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._last_contact = clock()
+        self._memo: dict[tuple[Shape, bool], dict[str, Verdict]] = {}  # (shape, scored) -> node -> verdict
+
+    # ---- what the watches feed -------------------------------------------------------------------------
+
+    def replace_nodes(self, docs: Iterable[Any]) -> None:
+        seen = set()
+        for doc in docs:
+            name = self.upsert_node(doc)
+            if name is not None:
+                seen.add(name)
+        for name in set(self._nodes) - seen:
+            self.delete_node(name)
+        self.mark_synced("nodes")
+
+    def upsert_node(self, doc: Any) -> str | None:
+        self.touch()
+        try:
+            node = parse_node(doc)
+        except WireError as err:
+            log.warning("cache.node_rejected", rule="node object shape", error=str(err))
+            return None
+        key = state_key(node.annotations)
+        entry = self._nodes.get(node.name)
+        if entry is not None and entry.key == key:
+            return node.name
+        state, problem = self._decode(key)
+        self._nodes[node.name] = _Node(node.name, key, state, problem)
+        self._changed(node.name)
+        return node.name
+
+    def delete_node(self, name: str) -> None:
+        self.touch()
+        if self._nodes.pop(name, None) is not None:
+            self._changed(name)
+
+    def replace_pods(self, docs: Iterable[Any]) -> None:
+        seen = set()
+        for doc in docs:
+            key = self.upsert_pod(doc)
+            if key is not None:
+                seen.add(key)
+        for key in set(self._pod_node) - seen:
+            self.delete_pod(key)
+        self.mark_synced("pods")
+
+    def upsert_pod(self, doc: Any) -> str | None:
+        self.touch()
+        try:
+            pod = parse_pod(doc)
+        except WireError as err:
+            log.warning("cache.pod_rejected", rule="pod object shape", error=str(err))
+            return None
+        remembered = self._remembered.get(pod.key)
+        if remembered is not None and pod.node_name:
+            del self._remembered[pod.key]
+            self._bump_pods(remembered.node)
+        claim = active_pending_pod(pod)
+        if claim is None:
+            self.delete_pod(pod.key)
+            return pod.key
+        old_node = self._pod_node.get(pod.key)
+        if old_node == pod.node_name and self._pods.get(pod.key) == claim:
+            return pod.key
+        if old_node is not None:
+            self._unlink(pod.key, old_node)
+        self._pods[pod.key] = claim
+        self._pod_node[pod.key] = pod.node_name
+        self._pods_on.setdefault(pod.node_name, {})[pod.key] = claim
+        self._bump_pods(pod.node_name)
+        return pod.key
+
+    def delete_pod(self, key: str) -> None:
+        self.touch()
+        remembered = self._remembered.pop(key, None)
+        if remembered is not None:
+            self._bump_pods(remembered.node)
+        node = self._pod_node.pop(key, None)
+        if node is not None:
+            self._unlink(key, node)
+
+    def remember_binding(self, pod: PodInfo, node: str) -> None:
+        """A binding this replica just made: count it against the node until the pod watch shows it."""
+        claim = PendingPod(pod.key, pod.created, pod.request)
+        if pod.request.empty or self._pod_node.get(pod.key) == node:
+            return
+        self._remembered[pod.key] = _Remembered(node, claim, pod.uid, self._clock())
+        self._bump_pods(node)
+
+    def remembered_on(self, node: str) -> tuple[PendingPod, ...]:
+        """This replica's bindings to `node` the watch has not shown yet. Pure read: expiry happens before
+        judging starts (`expire_remembered`), so the memo never changes in the middle of a request."""
+        return tuple(r.pod for r in self._remembered.values() if r.node == node)
+
+    def apply(self, kind: str, event_type: str, objects: tuple[Any, ...]) -> None:
+        """One reflector event: SYNC (a full list), ADDED / MODIFIED / DELETED, or CONTACT."""
+        if event_type == "CONTACT":
+            self.touch()
+        elif event_type == "SYNC":
+            (self.replace_nodes if kind == "nodes" else self.replace_pods)(objects)
+        elif event_type in ("ADDED", "MODIFIED"):
+            for doc in objects:
+                (self.upsert_node if kind == "nodes" else self.upsert_pod)(doc)
+        elif event_type == "DELETED":
+            for doc in objects:
+                meta = (doc.get("metadata") or {}) if isinstance(doc, dict) else {}
+                name = str(meta.get("name", ""))
+                if kind == "nodes":
+                    self.delete_node(name)
+                else:
+                    self.delete_pod(f"{meta.get('namespace') or 'default'}/{name}")
+
+    def touch(self) -> None:
+        """The API server was heard from (an event, a list, a bookmark, a fresh watch)."""
+        self._last_contact = self._clock()
+
+    def mark_synced(self, kind: str) -> None:
+        self._synced.add(kind)
+        self.touch()
+
+    # ---- what the verbs ask ----------------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return {"nodes", "pods"} <= self._synced
+
+    @property
+    def size(self) -> int:
+        return len(self._nodes)
+
+    @property
+    def warm_backlog(self) -> int:
+        """Nodes whose verdicts for recent request shapes are still to be recomputed."""
+        return len(self._dirty)
+
+    def staleness_seconds(self) -> float:
+        """Seconds since the API server was last heard from."""
+        return max(0.0, self._clock() - self._last_contact)
+
+    def verdict_list(self, names: Sequence[str], request: PodRequest, *, scored: bool = True) -> list[Verdict]:
+        """NodeNames mode, for one request: every node's verdict, in the order of `names`."""
+        self._note_shape(request)
+        memo = self._memo.setdefault((request.shape, scored), {})
+        self.expire_remembered()
+        # The hot path at 5,000 nodes: C-level lookups; Python only touches the nodes not yet judged.
+        try:
+            return list(map(memo.__getitem__, names))
+        except KeyError:
+            for name in set(names) - memo.keys():
+                memo[name] = self._judge_cached(name, request, scored)
+            return list(map(memo.__getitem__, names))
+
+    def _note_shape(self, request: PodRequest) -> None:
+        shape = request.shape
+        if shape in self._recent:
+            self._recent[shape] = self._recent.pop(shape)
+            return
+        self._recent[shape] = request
+        if len(self._recent) > _RECENT_SHAPES:
+            oldest = next(iter(self._recent))
+            del self._recent[oldest]
+            for scored in (False, True):
+                self._memo.pop((oldest, scored), None)
+        # A new shape: have the warmer fill it in for every node, so the next pod like this one is fast.
+        self._dirty.update(self._nodes)
+        self._wake.set()
+
+    async def warm_forever(self, slice_seconds: float = 0.002) -> None:
+        """Recompute the verdicts of recent shapes on nodes that changed, in slices that yield to requests."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            began = time.perf_counter()
+            while self._dirty:
+                name = self._dirty.pop()
+                for request in list(self._recent.values()):
+                    if name not in self._nodes:
+                        break
+                    # Filter verdicts first (filter asks about every node), then the scores prioritize needs.
+                    for scored in (False, True):
+                        found = self.verdict(name, request, scored=scored)
+                        if time.perf_counter() - began > slice_seconds:
+                            await asyncio.sleep(0)  # let a waiting request in
+                            began = time.perf_counter()
+                        if not found.fits:
+                            break  # scoring a node the pod does not fit is free: 0
+
+    def verdict(self, name: str, request: PodRequest, *, scored: bool = True) -> Verdict:
+        """NodeNames mode: the verdict from the cached node state (unscored is cheaper, for filter)."""
+        self.expire_remembered()
+        memo = self._memo.setdefault((request.shape, scored), {})
+        found = memo.get(name)
+        if found is None:
+            found = memo[name] = self._judge_cached(name, request, scored)
+        return found
+
+    def _judge_cached(self, name: str, request: PodRequest, scored: bool) -> Verdict:
+        entry = self._nodes.get(name)
+        if entry is None:
+            return unknown("node is not in the extender's node cache (not watched yet, or deleted)")
+        return self._judge(name, entry.state, entry.problem, request, scored)
+
+    def verdict_for(self, node: NodeInfo, request: PodRequest, *, scored: bool = True) -> Verdict:
+        """Nodes mode: the verdict from the annotations in the request (plus pods the cache knows are bound)."""
+        self.expire_remembered()
+        key = state_key(node.annotations)
+        memo_key = (key, self._pods_version.get(node.name, 0), request.shape, scored)
+        found = self._request_memo.get(memo_key)
+        if found is None:
+            state, problem = self._decode(key)
+            found = self._judge(node.name, state, problem, request, scored)
+            if len(self._request_memo) >= _MEMO_LIMIT:
+                self._request_memo.clear()
+            self._request_memo[memo_key] = found
+        return found
+
+    def pending_on(self, node: str) -> tuple[PendingPod, ...]:
+        """Every pod bound to the node as far as this replica knows (watch + its own recent bindings)."""
+        watched = tuple(self._pods_on.get(node, {}).values())
+        remembered = tuple(p for p in self.remembered_on(node) if p.key not in self._pods_on.get(node, {}))
+        return watched + remembered
+
+    # ---- internals -------------------------------------------------------------------------------------
+
+    def _judge(self, name: str, state: NodeState | None, problem: str, request: PodRequest, scored: bool) -> Verdict:
+        if state is None:
+            return unknown(problem)
+        return judge_node(state, self.pending_on(name), request, scored=scored)
+
+    def _decode(self, key: StateKey) -> tuple[NodeState | None, str]:
+        decoded = self._decoded.get(key)
+        if decoded is None:
+            if not key:
+                decoded = "no neuron-contig.io/ annotations (is the device plugin running on it?)"
+            else:
+                try:
+                    decoded = decode_node_state(dict(key))
+                except NodeStateError as err:
+                    decoded = f"node state annotations: {err}"
+            if len(self._decoded) >= _MEMO_LIMIT:
+                self._decoded.clear()
+            self._decoded[key] = decoded
+        return (None, decoded) if isinstance(decoded, str) else (decoded, "")
+
+    def _unlink(self, key: str, node: str) -> None:
+        self._pods.pop(key, None)
+        on_node = self._pods_on.get(node)
+        if on_node is not None and on_node.pop(key, None) is not None:
+            if not on_node:
+                del self._pods_on[node]
+            self._bump_pods(node)
+
+    def _bump_pods(self, node: str) -> None:
+        self._pods_version[node] = self._pods_version.get(node, 0) + 1
+        self._changed(node)
+
+    def _changed(self, node: str) -> None:
+        """The node's state or pods changed: forget its verdicts, and have the warmer recompute them."""
+        for memo in self._memo.values():
+            memo.pop(node, None)
+        if self._recent:
+            self._dirty.add(node)
+            self._wake.set()
+
+    def expire_remembered(self) -> None:
+        if not self._remembered:
+            return
+        deadline = self._clock() - self._binding_ttl
+        for key in [k for k, r in self._remembered.items() if r.at < deadline]:
+            log.warning(
+                "cache.binding_forgotten",
+                pod=key,
+                node=self._remembered[key].node,
+                rule="the pod watch did not show this binding within the ttl",
+            )
+            node = self._remembered.pop(key).node
+            self._bump_pods(node)

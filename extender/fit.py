@@ -1,0 +1,248 @@
+"""Does a pod fit a node, and how well: a pure function of the node's published state and the pods bound to it.
+
+The node's annotations say what was free when the plugin last read kubelet; pods bound since then are not in
+that state yet. Their blocks are predicted with the very allocator the plugin will run (`neuronalloc.allocate`),
+oldest first, and taken out of the free sets. Then the pod is placed container by container, again with the
+plugin's allocator, exactly as kubelet will ask for it.
+
+Verdicts:
+- fit: every block found; score 0..10 from `neuronalloc.fit_score` (size-weighted over the pod's blocks).
+- unresolvable: the pod could not be placed even on this node with every device free (a trn device count
+  outside 1/4/8/16, or more than the node has). Preemption cannot help: FailedAndUnresolvableNodes.
+- no_block: the node is only too full or too fragmented now: FailedNodes.
+- unknown: the node's state annotations are missing or garbled: FailedNodes, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from extender.requests import PodRequest, Shape, Step
+from neuronalloc import NodeState, Refusal, Resource, Topology, allocate, fit_score, free_blocks
+
+__all__ = [
+    "FITS",
+    "Free",
+    "PendingPod",
+    "Verdict",
+    "VerdictKind",
+    "account_pending",
+    "judge",
+    "judge_node",
+    "unknown",
+]
+
+VerdictKind = Literal["fit", "no_block", "unresolvable", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Free:
+    """What a node has free, as whole devices and as cores (the shared-hardware rule keeps them consistent)."""
+
+    devices: frozenset[int]
+    cores: frozenset[int]
+
+    @classmethod
+    def everything(cls, topo: Topology) -> Free:
+        return cls(frozenset(range(topo.device_count)), frozenset(range(topo.core_count)))
+
+    def of(self, resource: Resource) -> frozenset[int]:
+        return self.devices if resource is Resource.NEURON else self.cores
+
+    def take(self, topo: Topology, resource: Resource, block: Iterable[int]) -> Free:
+        """The free sets after `block` is held: a held device frees none of its cores, a held core makes its
+        device no longer free as a whole device."""
+        ids = frozenset(block)
+        if resource is Resource.NEURON:
+            return Free(self.devices - ids, self.cores - topo.cores_of_devices(ids))
+        return Free(self.devices - topo.devices_of_cores(ids), self.cores - ids)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPod:
+    """A pod bound to the node whose block the node's published state does not include yet."""
+
+    key: str  # "namespace/name"
+    created: str  # RFC 3339; oldest is predicted first, as kubelet admits them in arrival order
+    request: PodRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: VerdictKind
+    score: int  # 0..10; 0 unless kind == "fit"
+    # "" when it fits. Else words that do not name this node's IDs, so that kube-scheduler's event groups
+    # identical reasons ("0/5000 nodes are available: 4000 neuron-contig: no free contiguous block...").
+    reason: str
+    blocks: tuple[tuple[Resource, tuple[int, ...]], ...] = ()  # the predicted blocks, in placement order
+    detail: str = ""  # this node's specifics (the free IDs, the rule), for logs and bind errors
+
+    @property
+    def fits(self) -> bool:
+        return self.kind == "fit"
+
+
+# The one unscored "fits" verdict: filter tells passing nodes apart by identity, at C speed, at 5,000 nodes.
+FITS = Verdict("fit", 0, "")
+
+
+def unknown(reason: str) -> Verdict:
+    return Verdict("unknown", 0, f"(unknown) {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    free_after: Free
+    steps: tuple[tuple[Step, tuple[int, ...], Free], ...]  # (step, its block, the free sets it was chosen from)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    index: int  # the step that found no block
+    refusal: Refusal
+
+
+_RESOURCES = {r.value: r for r in Resource}
+
+
+def _place(topo: Topology, free: Free, shape: Shape) -> _Placed | _Failed:
+    """Place each step in order with the plugin's allocator; a kept block leaves the free sets."""
+    placed: list[tuple[Step, tuple[int, ...], Free]] = []
+    for index, step in enumerate(shape):
+        name, size, keeps = step
+        resource = _RESOURCES[name]
+        chosen = allocate(topo, resource, free.of(resource), size)
+        if isinstance(chosen, Refusal):
+            return _Failed(index, chosen)
+        placed.append((step, chosen, free))
+        if keeps:
+            free = free.take(topo, resource, chosen)
+    return _Placed(free, tuple(placed))
+
+
+@dataclass(frozen=True, slots=True)
+class _ShapeVerdict:
+    """A verdict before it is worded for one pod (its container names)."""
+
+    kind: VerdictKind
+    score: int
+    failed: _Failed | None  # the step that failed and why; None when it fits
+    blocks: tuple[tuple[Resource, tuple[int, ...]], ...]
+    whole_pod: str = ""  # set when the blocks fit one by one but not together on any free state
+
+
+@lru_cache(maxsize=4096)
+def _unresolvable(topo: Topology, shape: Shape) -> _ShapeVerdict | None:
+    """Why the shape could never be placed on this topology, even with everything free and healthy."""
+    impossible = _place(topo, Free.everything(topo), shape)
+    if not isinstance(impossible, _Failed):
+        return None
+    units = {name for name, _, _ in shape}
+    if impossible.refusal.kind != "unresolvable" and len(units) == 1:
+        # Each block alone is allowed, but together they exceed the node: say so in those words.
+        unit = _RESOURCES[next(iter(units))]
+        total = sum(size for _, size, keeps in shape if keeps)
+        message = (
+            f"pod needs {total} {unit.short} in all but the node has {topo.unit_count(unit)} "
+            f"({topo.instance_type}): {impossible.refusal.rule}"
+        )
+        return _ShapeVerdict("unresolvable", 0, impossible, (), message)
+    return _ShapeVerdict("unresolvable", 0, impossible, ())
+
+
+# Both are pure functions of hashable values, so one memo serves every node in the same state: in a real
+# cluster many nodes are identical (empty, full), and each distinct state is judged once per request shape.
+
+
+@lru_cache(maxsize=100_000)
+def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+    """Fit or not, unscored. A single block fits exactly when the rule has a block inside the free set (the
+    allocator chooses among those very blocks), which is far cheaper than ranking them; several blocks are
+    placed one by one with the allocator, since each choice changes what the next one finds."""
+    impossible = _unresolvable(topo, shape)
+    if impossible is not None:
+        return impossible
+    if len(shape) == 1:
+        name, size, _ = shape[0]
+        resource = _RESOURCES[name]
+        if next(free_blocks(topo, resource, free.of(resource), size), None) is not None:
+            return _ShapeVerdict("fit", 0, None, ())
+        refusal = allocate(topo, resource, free.of(resource), size)  # no candidate: returns at once
+        assert isinstance(refusal, Refusal), "a free block exists after all"
+        return _ShapeVerdict("no_block", 0, _Failed(0, refusal), ())
+    result = _place(topo, free, shape)
+    if isinstance(result, _Failed):
+        return _ShapeVerdict("no_block", 0, result, ())
+    return _ShapeVerdict("fit", 0, None, ())
+
+
+@lru_cache(maxsize=100_000)
+def _score_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+    """The full verdict: the allocator's blocks and the size-weighted `fit_score` of each."""
+    checked = _check_shape(topo, free, shape)
+    if checked.kind != "fit":
+        return checked
+    result = _place(topo, free, shape)
+    assert isinstance(result, _Placed), "checked fit but placement failed"
+    weighted = weight = 0
+    for (name, size, _), _, before in result.steps:
+        resource = _RESOURCES[name]
+        weighted += size * fit_score(topo, resource, before.of(resource), size)
+        weight += size
+    score = min(10, max(1, round(weighted / weight)))
+    return _ShapeVerdict("fit", score, None, tuple((_RESOURCES[s[0]], block) for s, block, _ in result.steps))
+
+
+def judge(topo: Topology, free: Free, request: PodRequest, *, scored: bool = True) -> Verdict:
+    """The verdict for `request` on a node with topology `topo` and free sets `free`.
+
+    scored=False (filter) skips the score and the predicted blocks: fit or not is the same either way."""
+    if not request.shape:
+        return FITS
+    found = (_score_shape if scored else _check_shape)(topo, free, request.shape)
+    if found.failed is None:
+        return Verdict(found.kind, found.score, "", found.blocks) if scored else FITS
+    if found.whole_pod:
+        return Verdict(found.kind, 0, found.whole_pod)
+    need = request.needs[found.failed.index]
+    refusal = found.failed.refusal
+    if found.kind == "unresolvable":  # depends on the instance type and the size only: already generic
+        return Verdict(found.kind, 0, f"container {need.container!r} ({need.size} {need.resource.short}): {refusal}")
+    unit = "devices" if need.resource is Resource.NEURON else "NeuronCores"
+    reason = (
+        f"no free contiguous block of {need.size} {unit} for container {need.container!r} "
+        "(node too full or too fragmented now)"
+    )
+    return Verdict(found.kind, 0, reason, detail=refusal.message)
+
+
+def account_pending(
+    topo: Topology, free: Free, pending: Iterable[PendingPod]
+) -> tuple[Free, tuple[tuple[str, str], ...]]:
+    """Take the predicted blocks of bound-but-unpublished pods out of `free`, oldest first.
+
+    Returns the free sets left and, for pods whose block cannot be predicted (the node will refuse them at
+    admission), (pod key, why) so the caller can log it; those pods take nothing.
+    """
+    unpredictable: list[tuple[str, str]] = []
+    for pod in sorted(pending, key=lambda p: (p.created, p.key)):
+        kept = tuple(step for step in pod.request.shape if step[2])
+        result = _place(topo, free, kept)
+        if isinstance(result, _Failed):
+            unpredictable.append((pod.key, result.refusal.message))
+            continue
+        free = result.free_after
+    return free, tuple(unpredictable)
+
+
+def judge_node(state: NodeState, pending: Iterable[PendingPod], request: PodRequest, *, scored: bool = True) -> Verdict:
+    """The verdict for `request` on a node whose published state is `state`, with `pending` bound to it."""
+    accounted = state.pods
+    unaccounted = [p for p in pending if p.key not in accounted]
+    free, _ = account_pending(
+        state.topology, Free(frozenset(state.free_devices), frozenset(state.free_cores)), unaccounted
+    )
+    return judge(state.topology, free, request, scored=scored)

@@ -1,0 +1,201 @@
+"""The extender's only door to the API server: list, watch, get, bind. Blocking calls, run in threads.
+
+Objects are kept as the API server's own JSON (dicts parsed with orjson), not as the client's generated
+models: `extender.wire` reads the same JSON whether it comes from a scheduler request or from a watch, and
+skipping model deserialisation keeps a 5,000-node list cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from neuronlog import get_logger
+
+__all__ = ["ApiException", "KubeApi", "Reflector", "WatchEvent"]
+
+log = get_logger(__name__)
+
+Kind = Literal["nodes", "pods"]
+KINDS: tuple[Kind, ...] = ("nodes", "pods")
+# Pods that hold devices are bound and not finished; the server-side selector keeps the watch small.
+_ACTIVE_BOUND_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    kind: Kind
+    type: str  # SYNC (a full list) | ADDED | MODIFIED | DELETED | CONTACT (bookmark or a fresh watch)
+    objects: tuple[Any, ...]
+
+
+class KubeApi:
+    def __init__(self, kubeconfig: str = "", *, request_timeout: float = 10.0) -> None:
+        configuration = client.Configuration()
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+        self._api = client.CoreV1Api(client.ApiClient(configuration))
+        # (connect, read): the client ignores a bare float.
+        self._timeout = (request_timeout, request_timeout)
+        self._seconds = request_timeout
+
+    def _json(self, response: Any) -> Any:
+        try:
+            return orjson.loads(response.data)
+        finally:
+            response.release_conn()
+
+    def list_objects(self, kind: Kind) -> tuple[list[Any], str]:
+        """Every object and the list's resourceVersion, from a consistent (quorum) read."""
+        if kind == "nodes":
+            response = self._api.list_node(_preload_content=False, _request_timeout=self._timeout)
+        else:
+            response = self._api.list_pod_for_all_namespaces(
+                field_selector=_ACTIVE_BOUND_PODS, _preload_content=False, _request_timeout=self._timeout
+            )
+        doc = self._json(response)
+        return list(doc.get("items") or ()), str((doc.get("metadata") or {}).get("resourceVersion", ""))
+
+    def open_watch(self, kind: Kind, resource_version: str, timeout_seconds: int) -> Any:
+        """A streaming watch response; iterate it with `watch_lines`, close it to stop."""
+        common: dict[str, Any] = {
+            "watch": True,
+            "resource_version": resource_version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout_seconds,
+            "_preload_content": False,
+            # Connect timeout, then no read timeout: the server ends the watch after timeout_seconds.
+            "_request_timeout": (self._seconds, timeout_seconds + self._seconds),
+        }
+        if kind == "nodes":
+            return self._api.list_node(**common)
+        return self._api.list_pod_for_all_namespaces(field_selector=_ACTIVE_BOUND_PODS, **common)
+
+    def get_node(self, name: str) -> Any:
+        return self._json(self._api.read_node(name, _preload_content=False, _request_timeout=self._timeout))
+
+    def get_pod(self, namespace: str, name: str) -> Any:
+        return self._json(
+            self._api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=self._timeout)
+        )
+
+    def pods_on_node(self, node: str) -> list[Any]:
+        response = self._api.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed",
+            _preload_content=False,
+            _request_timeout=self._timeout,
+        )
+        return list(self._json(response).get("items") or ())
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """POST pods/{name}/binding, as kube-scheduler's default binder does (with the UID as a precondition)."""
+        body = client.V1Binding(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid or None),
+            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
+        )
+        # The reply is a Status, which the generated model cannot deserialise: read it raw.
+        response = self._api.create_namespaced_pod_binding(
+            name, namespace, body, _preload_content=False, _request_timeout=self._timeout
+        )
+        # Read the body before the connection goes back to the pool: an unread reply poisons the next request.
+        _ = response.data
+        response.release_conn()
+
+
+def watch_lines(response: Any) -> Iterator[Any]:
+    """The events of a watch response, one JSON object per line."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=False):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield orjson.loads(line)
+    if pending.strip():
+        yield orjson.loads(pending)
+
+
+class Reflector(threading.Thread):
+    """List, then watch from the list's resourceVersion; relist on 410 Gone or any failure, with backoff.
+
+    Events go to `deliver` (which hands them to the event loop). `stop()` closes the open watch at once.
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        kind: Kind,
+        deliver: Callable[[WatchEvent], None],
+        *,
+        watch_timeout: int = 300,
+        max_backoff: float = 30.0,
+    ) -> None:
+        super().__init__(name=f"reflector-{kind}", daemon=True)
+        self._api = api
+        self._kind = kind
+        self._deliver = deliver
+        self._watch_timeout = watch_timeout
+        self._max_backoff = max_backoff
+        self._stopping = threading.Event()
+        self._response: Any = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        response = self._response
+        if response is not None:
+            # Closing a socket another thread reads may raise; we are stopping anyway.
+            with contextlib.suppress(Exception):
+                response.close()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                items, version = self._api.list_objects(self._kind)
+                self._deliver(WatchEvent(self._kind, "SYNC", tuple(items)))
+                log.info("cache.listed", kind=self._kind, objects=len(items), resource_version=version)
+                backoff = 0.5
+                while not self._stopping.is_set():
+                    version = self._watch_once(version)
+            except _Expired:
+                log.info("cache.relist", kind=self._kind, rule="watch resourceVersion expired (410 Gone)")
+            except Exception as err:
+                if self._stopping.is_set():
+                    return
+                log.warning("cache.watch_failed", kind=self._kind, error=repr(err), retry_in_seconds=backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+
+    def _watch_once(self, version: str) -> str:
+        self._response = self._api.open_watch(self._kind, version, self._watch_timeout)
+        self._deliver(WatchEvent(self._kind, "CONTACT", ()))
+        try:
+            for event in watch_lines(self._response):
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Expired()
+                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind == "BOOKMARK":
+                    self._deliver(WatchEvent(self._kind, "CONTACT", ()))
+                elif kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self._deliver(WatchEvent(self._kind, kind, (obj,)))
+        finally:
+            # A watch connection may be cut mid-stream: never hand it back to the pool.
+            self._response.close()
+            self._response = None
+        return version
+
+
+class _Expired(Exception):
+    """The watch's resourceVersion is too old: list again."""

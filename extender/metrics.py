@@ -1,0 +1,98 @@
+"""Every metric the extender exports, in one place (names as docs/CONTRACTS.md pins them).
+
+Each app gets its own registry so tests can run several in one process. Label values are zero-initialised so
+dashboards and alerts see a 0, not a gap, before the first event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from neuronalloc import Resource
+
+__all__ = ["CONTENT_TYPE_LATEST", "RESULTS", "VERBS", "ExtenderMetrics", "RejectReason", "Result"]
+
+VERBS = ("filter", "prioritize", "bind")
+RESULTS = ("ok", "bad_request", "error")
+Result = str  # one of RESULTS
+RejectReason = str  # no_block | unresolvable | unknown_node
+REJECT_REASONS = ("no_block", "unresolvable", "unknown_node")
+# Filter is a dict lookup per node; the fine buckets show where 5,000 nodes land, the coarse ones show bind.
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Pods remembered as unschedulable; beyond this the oldest are forgotten (a gauge, not an audit log).
+_UNSCHEDULABLE_LIMIT = 10_000
+
+
+class ExtenderMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        ns, sub = "neuron_contig", "extender"
+        self.request_duration = Histogram(
+            "request_duration_seconds", "Time to answer one extender request, by verb.",
+            ["verb"], namespace=ns, subsystem=sub, buckets=_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.requests = Counter(
+            "requests", "Extender requests by verb and result (ok | bad_request | error).",
+            ["verb", "result"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.nodes_rejected = Counter(
+            "nodes_rejected", "Nodes filtered out, by reason (no_block | unresolvable | unknown_node).",
+            ["reason"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.cache_nodes = Gauge(
+            "cache_nodes", "Nodes in the extender's watch cache.", namespace=ns, subsystem=sub,
+            registry=self.registry,
+        )  # fmt: skip
+        self.cache_staleness = Gauge(
+            "cache_staleness_seconds", "Seconds since the watch cache last heard from the API server.",
+            namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.pods_unschedulable = Gauge(
+            "pods_unschedulable", "Pods whose latest filter passed no node, by the resource they ask for.",
+            ["resource"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        for verb in VERBS:
+            self.request_duration.labels(verb)
+            for result in RESULTS:
+                self.requests.labels(verb, result)
+        for reason in REJECT_REASONS:
+            self.nodes_rejected.labels(reason)
+        for resource in Resource:
+            self.pods_unschedulable.labels(resource.short)
+        self._unschedulable: dict[str, frozenset[str]] = {}
+
+    def observe(self, verb: str, result: Result, elapsed: float) -> None:
+        self.request_duration.labels(verb).observe(elapsed)
+        self.requests.labels(verb, result).inc()
+
+    def rejected(self, reason: RejectReason, count: int = 1) -> None:
+        if count:
+            self.nodes_rejected.labels(reason).inc(count)
+
+    def watch_cache(self, size: Callable[[], float], staleness: Callable[[], float]) -> None:
+        """Read the cache's size and staleness at scrape time."""
+        self.cache_nodes.set_function(size)
+        self.cache_staleness.set_function(staleness)
+
+    def pod_schedulable(self, pod_key: str, resources: Iterable[str], schedulable: bool) -> None:
+        """Track which pods the latest filter left with no node, to export a count per resource."""
+        previous = self._unschedulable.pop(pod_key, None)
+        if previous is not None:
+            for resource in previous:
+                self.pods_unschedulable.labels(resource).dec()
+        if schedulable:
+            return
+        if len(self._unschedulable) >= _UNSCHEDULABLE_LIMIT:
+            oldest = next(iter(self._unschedulable))
+            for resource in self._unschedulable.pop(oldest):
+                self.pods_unschedulable.labels(resource).dec()
+        held = frozenset(resources)
+        self._unschedulable[pod_key] = held
+        for resource in held:
+            self.pods_unschedulable.labels(resource).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,266 @@
+"""The HTTP face of the extender: thin aiohttp handlers over `wire`, `cache` and `bind`.
+
+Hygiene, because kube-scheduler waits on every answer with `ignorable: false`: verbs are POST only, with a JSON
+content type, a body-size cap, a read timeout and a handler timeout below the scheduler's `httpTimeout`. Any
+malformed request gets a 4xx with a JSON `{"Error": ...}` body and the server keeps serving; an unexpected
+failure gets a 500 with a JSON body and a log line, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import operator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from itertools import compress, repeat
+from typing import Any
+
+from aiohttp import web
+
+from extender.bind import Binder
+from extender.cache import ClusterView
+from extender.fit import FITS, Verdict
+from extender.metrics import CONTENT_TYPE_LATEST, ExtenderMetrics
+from extender.wire import (
+    ExtenderArgs,
+    WireError,
+    decode_json,
+    encode_binding_result,
+    encode_error,
+    encode_filter_result,
+    encode_priorities,
+    parse_binding_args,
+    parse_extender_args,
+)
+from neuronlog import get_logger
+
+__all__ = ["ServerSettings", "build_app", "build_metrics_app", "verdict_lists"]
+
+log = get_logger(__name__)
+
+_JSON = "application/json"
+_VERBS = {"/filter": "filter", "/prioritize": "prioritize", "/bind": "bind"}
+_REJECT_REASON = {"no_block": "no_block", "unresolvable": "unresolvable", "unknown": "unknown_node"}  # for bind
+_STANDALONE = (
+    "the extender runs with --standalone (no API server): it has no node cache, so it answers only "
+    "Nodes-mode requests (nodeCacheCapable: false) and cannot bind"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    # A 5,000-node Nodes-mode request with full Node objects is tens of MB; NodeNames mode is ~100 KB.
+    max_body_bytes: int = 64 * 1024 * 1024
+    read_timeout: float = 10.0
+    # Below the 5 s httpTimeout of deploy/scheduler: the scheduler gets our JSON error, not its own timeout.
+    handler_timeout: float = 4.5
+    standalone: bool = False
+    serve_metrics: bool = True  # False when --metrics-port puts /metrics on a port of its own
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=_JSON)
+
+
+def verdict_lists(view: ClusterView, args: ExtenderArgs, *, scored: bool) -> tuple[list[str], list[Verdict]]:
+    """Every candidate node and its verdict, in the request's order, in the request's mode."""
+    request = args.pod.request
+    if args.node_names is not None:
+        names = list(args.node_names)
+        return names, view.verdict_list(names, request, scored=scored)
+    nodes = args.nodes or ()
+    return [n.name for n in nodes], [view.verdict_for(n, request, scored=scored) for n in nodes]
+
+
+_KIND = operator.attrgetter("kind")
+_REASON = operator.attrgetter("reason")
+_SCORE = operator.attrgetter("score")
+
+
+def partition(names: list[str], found: list[Verdict]) -> tuple[list[str], dict[str, str], dict[str, str], int]:
+    """(passed, FailedNodes, FailedAndUnresolvableNodes, how many failed as unknown), keeping the order.
+
+    Written with map/compress so each pass over 5,000 nodes runs in C: a Python loop here cost more than
+    judging them all from the memo."""
+    fits = list(map(operator.is_, found, repeat(FITS)))
+    passed = list(compress(names, fits))
+    if len(passed) == len(names):
+        return passed, {}, {}, 0
+    misses = list(map(operator.not_, fits))
+    failed_names = list(compress(names, misses))
+    failed_verdicts = list(compress(found, misses))
+    kinds = list(map(_KIND, failed_verdicts))
+    reasons = list(map(_REASON, failed_verdicts))
+    if "unresolvable" not in kinds:
+        return passed, dict(zip(failed_names, reasons, strict=True)), {}, kinds.count("unknown")
+    never = list(map("unresolvable".__eq__, kinds))
+    now = list(map(operator.not_, never))
+    failed = dict(zip(compress(failed_names, now), compress(reasons, now), strict=True))
+    unresolvable = dict(zip(compress(failed_names, never), compress(reasons, never), strict=True))
+    return passed, failed, unresolvable, kinds.count("unknown")
+
+
+def build_app(
+    settings: ServerSettings, view: ClusterView, binder: Binder | None, metrics: ExtenderMetrics
+) -> web.Application:
+    async def read_json(request: web.Request) -> Any:
+        if request.content_type != _JSON:
+            raise _HttpError(415, f"Content-Type must be {_JSON}, got {request.content_type or 'none'!r}")
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            raise _HttpError(413, f"body of {length} bytes is above the cap of {settings.max_body_bytes}")
+        try:
+            async with asyncio.timeout(settings.read_timeout):
+                body = await request.read()
+        except TimeoutError:
+            raise _HttpError(408, f"body not received within {settings.read_timeout} s") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise _HttpError(413, f"body is above the cap of {settings.max_body_bytes} bytes") from None
+        try:
+            return decode_json(body)
+        except WireError as err:
+            raise _HttpError(400, str(err)) from None
+
+    async def parse_args(request: web.Request) -> ExtenderArgs:
+        try:
+            return parse_extender_args(await read_json(request))
+        except WireError as err:
+            raise _HttpError(400, str(err)) from None
+
+    def cache_problem(args: ExtenderArgs) -> str:
+        if args.node_names is None:
+            return ""
+        if settings.standalone:
+            return _STANDALONE
+        if not view.synced:
+            return "the node cache has not finished its first list from the API server yet; retry"
+        return ""
+
+    async def filter_handler(request: web.Request) -> web.Response:
+        args = await parse_args(request)
+        problem = cache_problem(args)
+        if problem:
+            request["result"] = "error"
+            return _json_response(encode_filter_result(args, (), {}, {}, error=problem))
+        names, found = verdict_lists(view, args, scored=False)
+        passed, failed, unresolvable, unknown_nodes = partition(names, found)
+        metrics.rejected("unresolvable", len(unresolvable))
+        metrics.rejected("unknown_node", unknown_nodes)
+        metrics.rejected("no_block", len(failed) - unknown_nodes)
+        pod = args.pod
+        if not pod.request.empty:
+            metrics.pod_schedulable(pod.key, {n.resource.short for n in pod.request.needs}, bool(passed))
+        if not passed and pod.request.needs:
+            log.info(
+                "filter.no_node", pod=pod.key, candidates=len(args.names), failed=len(failed),
+                unresolvable=len(unresolvable), rule=next(iter({**unresolvable, **failed}.values()), ""),
+            )  # fmt: skip
+        return _json_response(encode_filter_result(args, passed, failed, unresolvable))
+
+    async def prioritize_handler(request: web.Request) -> web.Response:
+        args = await parse_args(request)
+        problem = cache_problem(args)
+        if problem:
+            # HostPriorityList has no error field: an HTTP error is the only way to say it.
+            raise _HttpError(400 if settings.standalone else 503, problem)
+        names, found = verdict_lists(view, args, scored=True)
+        return _json_response(encode_priorities(zip(names, map(_SCORE, found), strict=True)))
+
+    async def bind_handler(request: web.Request) -> web.Response:
+        try:
+            args = parse_binding_args(await read_json(request))
+        except WireError as err:
+            raise _HttpError(400, str(err)) from None
+        if binder is None:
+            request["result"] = "error"
+            return _json_response(encode_binding_result(_STANDALONE))
+        outcome = await binder.bind(args)
+        if not outcome.ok:
+            request["result"] = "error"
+            if outcome.reason in _REJECT_REASON.values():
+                metrics.rejected(outcome.reason)
+        return _json_response(encode_binding_result(outcome.error))
+
+    async def healthz(_: web.Request) -> web.Response:
+        return _json_response(b'{"status":"ok"}')
+
+    async def readyz(_: web.Request) -> web.Response:
+        if settings.standalone or view.synced:
+            return _json_response(b'{"status":"ready"}')
+        return _json_response(encode_error("node and pod caches have not finished their first list"), 503)
+
+    @web.middleware
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        verb = _VERBS.get(request.path)
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            async with asyncio.timeout(settings.handler_timeout):
+                response = await handler(request)
+            result = request.get("result", "ok")
+            return response
+        except _HttpError as err:
+            result = "bad_request" if err.status < 500 else "error"
+            log.warning("request.rejected", path=request.path, status=err.status, error=err.message)
+            return _json_response(encode_error(err.message), err.status)
+        except web.HTTPException as err:  # aiohttp's own: 404, 405, 413...
+            result = "bad_request" if err.status < 500 else "error"
+            return _json_response(encode_error(f"{err.status} {err.reason}: {request.method} {request.path}"),
+                                  err.status)  # fmt: skip
+        except TimeoutError:
+            result = "error"
+            log.error("request.timeout", path=request.path, timeout_seconds=settings.handler_timeout)
+            return _json_response(encode_error(f"no answer within {settings.handler_timeout} s"), 503)
+        except Exception:
+            result = "error"
+            log.exception("request.failed", path=request.path)
+            return _json_response(encode_error("internal error; see the extender's log"), 500)
+        finally:
+            if verb is not None:
+                metrics.observe(verb, result, time.perf_counter() - started)
+
+    async def warmer(_: web.Application) -> AsyncIterator[None]:
+        task = None if settings.standalone else asyncio.create_task(view.warm_forever())
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = web.Application(middlewares=[guard], client_max_size=settings.max_body_bytes)
+    app.cleanup_ctx.append(warmer)
+    app.router.add_post("/filter", filter_handler)
+    app.router.add_post("/prioritize", prioritize_handler)
+    app.router.add_post("/bind", bind_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if settings.serve_metrics:
+        _add_metrics_route(app, metrics)
+    return app
+
+
+def _add_metrics_route(app: web.Application, metrics: ExtenderMetrics) -> None:
+    async def metrics_handler(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app.router.add_get("/metrics", metrics_handler)
+
+
+def build_metrics_app(metrics: ExtenderMetrics) -> web.Application:
+    """/metrics alone, for --metrics-port."""
+    app = web.Application()
+    _add_metrics_route(app, metrics)
+    return app

@@ -1,0 +1,224 @@
+"""Parsing real ExtenderArgs documents (hand-built from the Go types, with nulls) and every malformed shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extender.wire import (
+    ExtenderArgs,
+    NodeInfo,
+    WireError,
+    decode_json,
+    encode_filter_result,
+    encode_priorities,
+    parse_binding_args,
+    parse_extender_args,
+)
+from neuronalloc import Resource
+
+from .builders import names_args, node_doc, nodes_args, pod_doc
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name: str) -> Any:
+    return json.loads((DATA / name).read_text())
+
+
+def test_nodenames_mode_document() -> None:
+    args = parse_extender_args(load("filter-args-nodenames.json"))
+    assert args.nodes is None
+    assert args.node_names == (
+        "ip-10-0-1-11.us-west-2.compute.internal",
+        "ip-10-0-1-12.us-west-2.compute.internal",
+        "ip-10-0-1-13.us-west-2.compute.internal",
+    )
+    assert args.pod.key == "ml/bert-infer-7c9f"
+    assert args.pod.uid == "0b7f3c1e-5a8d-4a51-9b83-2f0c6e1d9a10"
+    assert args.pod.created == "2026-11-22T01:58:12Z"
+    # One container asks for 2 devices; the log shipper asks for nothing Neuron (limits: null).
+    assert [(n.container, n.resource, n.size, n.keeps) for n in args.pod.request.needs] == [
+        ("server", Resource.NEURON, 2, True)
+    ]
+
+
+def test_nodes_mode_document_with_init_and_sidecar() -> None:
+    args = parse_extender_args(load("filter-args-nodes.json"))
+    assert args.node_names is None
+    assert args.pod.created == ""  # creationTimestamp: null
+    assert [n.name for n in args.nodes or ()] == ["trn-a", "cpu-only", "garbled"]
+    assert args.nodes is not None and args.nodes[1].annotations == {}
+    # kubelet's order: init containers (the regular one hands its cores back), then the app containers.
+    assert [(n.container, n.size, n.keeps) for n in args.pod.request.needs] == [
+        ("warmup", 2, False),
+        ("metrics-sidecar", 1, True),
+        ("trainer", 4, True),
+    ]
+    assert args.pod.request.total(Resource.NEURONCORE) == 5
+
+
+def test_binding_args_document() -> None:
+    args = parse_binding_args(load("bind-args.json"))
+    assert (args.pod_key, args.node) == ("ml/bert-infer-7c9f", "ip-10-0-1-11.us-west-2.compute.internal")
+
+
+def test_both_null_means_no_candidates() -> None:
+    args = parse_extender_args({"Pod": pod_doc("p", neuron=1), "Nodes": None, "NodeNames": None})
+    assert args.names == ()
+    assert orjson.loads(encode_filter_result(args, [], {}, {}))["Nodes"] == {"items": []}
+
+
+def test_requests_used_when_limits_absent() -> None:
+    doc = pod_doc("p", containers=[{"name": "c", "resources": {"requests": {"aws.amazon.com/neuron": 4}}}])
+    args = parse_extender_args(names_args(doc, ["n"]))
+    assert [(n.resource, n.size) for n in args.pod.request.needs] == [(Resource.NEURON, 4)]
+
+
+BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
+    ("not an object", [], "ExtenderArgs"),
+    ("pod missing", {"NodeNames": ["a"]}, "Pod"),
+    ("pod null", {"Pod": None, "NodeNames": ["a"]}, "Pod"),
+    ("pod metadata missing", {"Pod": {"spec": {}}, "NodeNames": []}, "Pod.metadata"),
+    ("pod name missing", {"Pod": {"metadata": {"namespace": "x"}}, "NodeNames": []}, "Pod.metadata.name"),
+    ("pod name wrong type", {"Pod": {"metadata": {"name": 7}}, "NodeNames": []}, "Pod.metadata.name"),
+    ("NodeNames not a list", {"Pod": pod_doc("p"), "NodeNames": "a,b"}, "NodeNames"),
+    ("NodeNames entry wrong type", {"Pod": pod_doc("p"), "NodeNames": ["a", 3]}, "NodeNames[1]"),
+    ("NodeNames entry empty", {"Pod": pod_doc("p"), "NodeNames": [""]}, "NodeNames[0]"),
+    ("Nodes not an object", {"Pod": pod_doc("p"), "Nodes": [], "NodeNames": None}, "Nodes"),
+    ("Nodes.items wrong type", {"Pod": pod_doc("p"), "Nodes": {"items": {}}}, "Nodes.items"),
+    (
+        "node without name",
+        {"Pod": pod_doc("p"), "Nodes": {"items": [{"metadata": {}}]}},
+        "Nodes.items[0].metadata.name",
+    ),
+    (
+        "annotation not a string",
+        {"Pod": pod_doc("p"), "Nodes": {"items": [{"metadata": {"name": "n", "annotations": {"a": 1}}}]}},
+        "Nodes.items[0].metadata.annotations.a",
+    ),
+    (
+        "containers wrong type",
+        {"Pod": {"metadata": {"name": "p"}, "spec": {"containers": {}}}, "NodeNames": []},
+        "Pod.spec.containers",
+    ),
+    (
+        "quantity wrong type",
+        {
+            "Pod": pod_doc("p", containers=[{"name": "c", "resources": {"limits": {"aws.amazon.com/neuron": [4]}}}]),
+            "NodeNames": [],
+        },
+        "Pod.spec.containers[0].resources.limits",
+    ),
+    (
+        "fractional quantity",
+        {
+            "Pod": pod_doc("p", containers=[{"name": "c", "resources": {"limits": {"aws.amazon.com/neuron": "1.5"}}}]),
+            "NodeNames": [],
+        },
+        "whole number",
+    ),
+    (
+        "negative quantity",
+        {
+            "Pod": pod_doc(
+                "p", containers=[{"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": "-2"}}}]
+            ),
+            "NodeNames": [],
+        },
+        "whole number",
+    ),
+    (
+        "absurd quantity",
+        {
+            "Pod": pod_doc(
+                "p",
+                containers=[{"name": "c", "resources": {"limits": {"aws.amazon.com/neuron": "99999999999999999999"}}}],
+            ),
+            "NodeNames": [],
+        },
+        "above 4096",
+    ),
+    ("too many nodes", {"Pod": pod_doc("p"), "NodeNames": ["n"] * 100_001}, "above the limit"),
+]
+
+
+@pytest.mark.parametrize(("case", "doc", "mentions"), BAD_DOCUMENTS, ids=[c[0] for c in BAD_DOCUMENTS])
+def test_malformed_documents_name_the_field(case: str, doc: Any, mentions: str) -> None:
+    with pytest.raises(WireError) as caught:
+        parse_extender_args(doc)
+    assert mentions in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [{}, {"PodName": "p"}, {"PodName": "p", "PodNamespace": "ns"}, {"PodName": 1, "PodNamespace": "n", "Node": "x"}],
+)
+def test_malformed_binding_args(doc: Any) -> None:
+    with pytest.raises(WireError):
+        parse_binding_args(doc)
+
+
+def test_bad_json_is_a_wire_error() -> None:
+    with pytest.raises(WireError, match="not valid JSON"):
+        decode_json(b'{"Pod": ')
+
+
+def test_filter_result_keeps_mode_and_pascal_case() -> None:
+    pod = pod_doc("p", neuron=1)
+    names = parse_extender_args(names_args(pod, ["a", "b"]))
+    out = orjson.loads(encode_filter_result(names, ["b"], {"a": "full"}, {}))
+    assert out == {
+        "Nodes": None,
+        "NodeNames": ["b"],
+        "FailedNodes": {"a": "full"},
+        "FailedAndUnresolvableNodes": {},
+        "Error": "",
+    }
+    nodes = parse_extender_args(nodes_args(pod, [node_doc("a"), node_doc("b")]))
+    out = orjson.loads(encode_filter_result(nodes, ["b"], {}, {"a": "never"}))
+    assert out["NodeNames"] is None
+    assert [n["metadata"]["name"] for n in out["Nodes"]["items"]] == ["b"]
+    assert out["Nodes"]["items"][0] == node_doc("b")  # echoed unchanged
+    assert orjson.loads(encode_priorities([("a", 3)])) == [{"Host": "a", "Score": 3}]
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "Pod",
+                    "Nodes",
+                    "NodeNames",
+                    "items",
+                    "metadata",
+                    "name",
+                    "spec",
+                    "containers",
+                    "resources",
+                    "limits",
+                    "annotations",
+                ]
+            ),
+            inner,
+            max_size=4,
+        ),
+        max_leaves=20,
+    )
+)
+def test_any_json_either_parses_or_raises_wire_error(doc: Any) -> None:
+    try:
+        args = parse_extender_args(doc)
+    except WireError:
+        return
+    assert isinstance(args, ExtenderArgs)
+    assert all(isinstance(n, NodeInfo) for n in args.nodes or ())
