@@ -1,0 +1,90 @@
+"""`python -m tests.cluster.demo` (`make demo`): a real cluster of simulated Neuron nodes, a sample workload,
+and a per-node device map.
+
+It starts etcd, kube-apiserver, kube-scheduler (deploy/'s configuration), one inf1.6xlarge, inf1.24xlarge,
+inf2.48xlarge and trn1.32xlarge node (real kubelet device manager + our plugin each) and our extender; runs
+mixed device and NeuronCore pods, one pod that no trn1 block can hold, and one hardware error; prints where
+everything landed; and tears it all down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from neuronalloc import Resource
+from tests.cluster.devicemap import render_cluster
+from tests.cluster.harness import Cluster, missing_prerequisites
+from tests.cluster.workload import Pool
+
+NODES = {
+    "inf1-6xl": "inf1.6xlarge",
+    "inf1-24xl": "inf1.24xlarge",
+    "inf2-48xl": "inf2.48xlarge",
+    "trn1-32xl": "trn1.32xlarge",
+}
+WORKLOAD = [
+    ("train-8", Resource.NEURON, 8),
+    ("infer-4a", Resource.NEURON, 4),
+    ("infer-4b", Resource.NEURON, 4),
+    ("infer-3", Resource.NEURON, 3),
+    ("infer-2", Resource.NEURON, 2),
+    ("infer-1", Resource.NEURON, 1),
+    ("cores-8", Resource.NEURONCORE, 8),
+    ("cores-4", Resource.NEURONCORE, 4),
+    ("cores-2", Resource.NEURONCORE, 2),
+    ("cores-1", Resource.NEURONCORE, 1),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-logs", action="store_true", help="keep the work dir (component logs) afterwards")
+    args = parser.parse_args(argv)
+    missing = missing_prerequisites()
+    if missing:
+        print("cannot run the demo:\n  " + "\n  ".join(missing), file=sys.stderr)
+        return 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="neuronsim-demo-"))
+    started = time.monotonic()
+    print(f"starting etcd, kube-apiserver, kube-scheduler and the extender (logs in {workdir / 'logs'}) ...")
+    with Cluster(workdir) as cluster:
+        pool = Pool(cluster, "demo")
+        for suffix, instance_type in NODES.items():
+            node = pool.add_node(suffix, instance_type)
+            print(f"  node {node.name}: {instance_type}, {node.devices} devices, plugin registered")
+        print(f"cluster up in {time.monotonic() - started:.0f}s; running {len(WORKLOAD)} pods ...")
+        for name, resource, count in WORKLOAD:
+            pool.create(name, resource, count)
+        pool.wait_phase([name for name, _, _ in WORKLOAD], timeout=90)
+        for name, resource, count in WORKLOAD:
+            pool.assert_block_ok(pool.allocation(name), resource, count)
+        pool.assert_no_overcommit()
+        print("every pod Running on a contiguous block; no device or core handed out twice.")
+
+        refused = pool.create("trn1-needs-3", Resource.NEURON, 3, instance_type="trn1.32xlarge")
+        trn1 = f"{pool.name}-trn1-32xl"
+        message = pool.wait_scheduling_message(refused, "cannot form a block")
+        print(f"\npod {refused} stays Pending; the scheduler's event says:\n  {message}")
+
+        cluster.inject_hw_error(trn1, 15)
+        pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
+        print(f"\nNEURON_HW_ERR on {trn1} device 15: the plugin reports it unhealthy.\n")
+
+        print(render_cluster({name: pool.node_state(name) for name in pool.nodes}))
+        print("\ntearing down ...")
+    if args.keep_logs:
+        print(f"logs kept in {workdir / 'logs'}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"done in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
