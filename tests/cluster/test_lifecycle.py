@@ -80,8 +80,10 @@ def test_plugin_restart_rebuilds_state_without_stale_entries(pool: Pool, cluster
 
 def test_extender_restart_mid_workload(pool: Pool, cluster: Cluster) -> None:
     """Pods created while the extender is down wait (ignorable: false) and are placed correctly after."""
-    pool.add_node("inf1-a", "inf1.24xlarge")
-    pool.add_node("inf1-b", "inf1.24xlarge")
+    # Three nodes for 31.5 devices of demand: the scheduler's order after the restart is not fixed, and two
+    # nodes would leave the test at the mercy of which pod lands first.
+    for name in ("inf1-a", "inf1-b", "inf1-c"):
+        pool.add_node(name, "inf1.24xlarge")
     first = [pool.create(f"first-{i}", Resource.NEURON, n) for i, n in enumerate((8, 4, 2))]
     pool.wait_phase(first)
     assert cluster.extender is not None
