@@ -6,12 +6,17 @@ Precedence: flag > env var > default. Defaults fit a real node, so a DaemonSet n
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# sun_path holds 108 bytes with the terminating NUL; a longer path fails deep inside grpc with no useful message.
+MAX_UNIX_SOCKET_PATH = 107
+# The longest socket file name the plugin serves (registration.socket_name; a test keeps them in step).
+LONGEST_ENDPOINT_NAME = "neuron-contig-neuroncore.sock"
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,15 @@ def _port(name: str, raw: str) -> int:
     return port
 
 
+def _socket_path_fits(name: str, path: Path) -> None:
+    length = len(os.fsencode(path))
+    if length > MAX_UNIX_SOCKET_PATH:
+        raise ConfigError(
+            f"{name}: the unix socket path {str(path)!r} is {length} bytes; unix sockets allow at most "
+            f"{MAX_UNIX_SOCKET_PATH}. Use a shorter directory."
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuron-device-plugin",
@@ -108,10 +122,13 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> PluginCon
     log_level = raw["log_level"].lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log-level: {raw['log_level']!r} is not one of {', '.join(LOG_LEVELS)}")
+    kubelet_socket_dir = Path(raw["kubelet_socket_dir"])
+    _socket_path_fits("kubelet-socket-dir", kubelet_socket_dir / LONGEST_ENDPOINT_NAME)
+    _socket_path_fits("pod-resources-socket", Path(raw["pod_resources_socket"]))
     return PluginConfig(
         device_root=Path(raw["device_root"]),
         sysfs_root=Path(raw["sysfs_root"]),
-        kubelet_socket_dir=Path(raw["kubelet_socket_dir"]),
+        kubelet_socket_dir=kubelet_socket_dir,
         pod_resources_socket=Path(raw["pod_resources_socket"]),
         node_name=raw["node_name"] or socket.gethostname(),
         instance_type=raw["instance_type"].strip(),

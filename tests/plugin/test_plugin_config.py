@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from plugin.config import FLAGS, ConfigError, load_config
+from neuronalloc import Resource
+from plugin.config import FLAGS, LONGEST_ENDPOINT_NAME, ConfigError, load_config
+from plugin.registration import socket_name
 
 
 def test_defaults_fit_a_real_node() -> None:
@@ -52,8 +54,14 @@ def test_kubeconfig_none_turns_publishing_off() -> None:
         (["--metrics-port", "http"], {}, "metrics-port: 'http' is not a port number"),
         ([], {"METRICS_PORT": "70000"}, "metrics-port: 70000 is outside 0..65535"),
         (["--log-level", "loud"], {}, "log-level: 'loud' is not one of"),
+        (["--kubelet-socket-dir", "/" + "d" * 90], {}, "kubelet-socket-dir: the unix socket path .* at most 107"),
+        ([], {"POD_RESOURCES_SOCKET": "/" + "p" * 120}, "pod-resources-socket: the unix socket path"),
     ],
 )
 def test_bad_values_are_named(argv: list[str], env: dict[str, str], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         load_config(argv, env)
+
+
+def test_longest_endpoint_name_is_the_longest_socket_the_plugin_serves() -> None:
+    assert max((socket_name(r) for r in Resource), key=len) == LONGEST_ENDPOINT_NAME
