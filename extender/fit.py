@@ -75,7 +75,8 @@ class Verdict:
     kind: VerdictKind
     score: int  # 0..10; 0 unless kind == "fit"
     # "" when it fits. Else words that do not name this node's IDs, so that kube-scheduler's event groups
-    # identical reasons ("0/5000 nodes are available: 4000 neuron-contig: no free contiguous block...").
+    # identical reasons ("0/5000 nodes are available: 4000 neuron-contig: no free contiguous block...");
+    # the rule words name the instance type, so the count is per type, never per node.
     reason: str
     blocks: tuple[tuple[Resource, tuple[int, ...]], ...] = ()  # the predicted blocks, in placement order
     detail: str = ""  # this node's specifics (the free IDs, the rule), for logs and bind errors
@@ -214,7 +215,7 @@ def judge(topo: Topology, free: Free, request: PodRequest, *, scored: bool = Tru
     unit = "devices" if need.resource is Resource.NEURON else "NeuronCores"
     reason = (
         f"no free contiguous block of {need.size} {unit} for container {need.container!r} "
-        "(node too full or too fragmented now)"
+        f"(node too full or too fragmented now): {refusal.rule}"
     )
     return Verdict(found.kind, 0, reason, detail=refusal.message)
 
