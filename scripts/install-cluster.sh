@@ -2,7 +2,7 @@
 # Builds tests/cluster/bin/neuronsim: etcd, kube-apiserver, kube-scheduler and the simulated Neuron
 # node (real kubelet device manager + PodResources server), all from the Kubernetes Go modules.
 # Idempotent: skips the build when the binary matches the current sources (stamp of go.mod, go.sum,
-# *.go). Cold build on 2 cores: see docs/cluster.md. Needs only the Go toolchain and the module proxy.
+# *.go). Cold build on 2 cores: see the README, "Testing". Needs only the Go toolchain and the module proxy.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,4 +1,4 @@
-"""docs/deploy.md's reference tables cover every metric of docs/CONTRACTS.md (with its type) and every alert."""
+"""The README's reference tables cover every metric of docs/CONTRACTS.md (with its type) and every alert."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 from tests.deploy.contracts import contract_metrics
 from tests.deploy.tools import DEPLOY, REPO
 
-DOC = REPO / "docs" / "deploy.md"
+DOC = REPO / "README.md"
 
 
 def table_rows(first_column: str) -> dict[str, list[str]]:
