@@ -45,6 +45,7 @@ class Config:
 
 
 def _env(flag: str, default: str) -> str:
+    # A string default: argparse runs `type` on it too, so a bad env value is a usage error naming the flag.
     return os.environ.get(flag.lstrip("-").replace("-", "_").upper(), default)
 
 
@@ -61,13 +62,13 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     p.add_argument(
         "--port",
         type=int,
-        default=int(_env("--port", "8888")),
+        default=_env("--port", "8888"),
         help="serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port (PORT)",
     )
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(_env("--metrics-port", "0")),
+        default=_env("--metrics-port", "0"),
         help="serve /metrics on this port instead; 0 = on --port (METRICS_PORT)",
     )
     p.add_argument(
@@ -87,25 +88,25 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     p.add_argument(
         "--max-body-bytes",
         type=int,
-        default=int(_env("--max-body-bytes", str(64 * 1024 * 1024))),
+        default=_env("--max-body-bytes", str(64 * 1024 * 1024)),
         help="request body cap; larger bodies get 413 (MAX_BODY_BYTES)",
     )
     p.add_argument(
         "--read-timeout",
         type=float,
-        default=float(_env("--read-timeout", "10")),
+        default=_env("--read-timeout", "10"),
         help="seconds to receive a request body; slower gets 408 (READ_TIMEOUT)",
     )
     p.add_argument(
         "--handler-timeout",
         type=float,
-        default=float(_env("--handler-timeout", "4.5")),
+        default=_env("--handler-timeout", "4.5"),
         help="seconds to answer; keep below the scheduler's httpTimeout (HANDLER_TIMEOUT)",
     )
     p.add_argument(
         "--watch-timeout",
         type=int,
-        default=int(_env("--watch-timeout", "300")),
+        default=_env("--watch-timeout", "300"),
         help="seconds each API watch stays open before it is renewed (WATCH_TIMEOUT)",
     )
     # fmt: on

@@ -175,3 +175,14 @@ def test_flags_read_env_and_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_config(["--port", "9002"]).port == 9002
     with pytest.raises(SystemExit):
         parse_config(["--tls-cert-file", "only-a-cert.pem"])
+
+
+@pytest.mark.parametrize(("var", "flag"), [("PORT", "--port"), ("READ_TIMEOUT", "--read-timeout")])
+def test_a_bad_env_value_is_a_usage_error_naming_the_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], var: str, flag: str
+) -> None:
+    monkeypatch.setenv(var, "soon")
+    with pytest.raises(SystemExit) as exited:
+        parse_config([])
+    assert exited.value.code == 2
+    assert f"argument {flag}: invalid" in capsys.readouterr().err
