@@ -7,8 +7,9 @@ PACKAGES := neuronalloc neuronlog plugin extender kubectl_neuron
 
 deps: deps-python deps-tools
 
+# The image's lock constrains the test environment too, so tests run on the very versions the image ships.
 deps-python:
-	$(PYTHON) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(PYTHON) -m pip install --disable-pip-version-check -q -c deploy/image/requirements.txt -e '.[dev]'
 
 # Each area's own idempotent installer (apt packages, Go builds) lives in scripts/install-*.sh.
 deps-tools:
