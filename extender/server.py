@@ -14,7 +14,6 @@ import operator
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from itertools import compress, repeat
 from typing import Any
 
 from aiohttp import web
@@ -81,32 +80,28 @@ def verdict_lists(view: ClusterView, args: ExtenderArgs, *, scored: bool) -> tup
     return [n.name for n in nodes], [view.verdict_for(n, request, scored=scored) for n in nodes]
 
 
-_KIND = operator.attrgetter("kind")
-_REASON = operator.attrgetter("reason")
 _SCORE = operator.attrgetter("score")
 
 
 def partition(names: list[str], found: list[Verdict]) -> tuple[list[str], dict[str, str], dict[str, str], int]:
     """(passed, FailedNodes, FailedAndUnresolvableNodes, how many failed as unknown), keeping the order.
 
-    Written with map/compress so each pass over 5,000 nodes runs in C: a Python loop here cost more than
-    judging them all from the memo."""
-    fits = list(map(operator.is_, found, repeat(FITS)))
-    passed = list(compress(names, fits))
+    Plain loops: measured at 5,000 nodes, one pass over the failures beats several map/compress passes."""
+    passed = [name for name, verdict in zip(names, found, strict=True) if verdict is FITS]
+    failed: dict[str, str] = {}
+    unresolvable: dict[str, str] = {}
+    unknown_nodes = 0
     if len(passed) == len(names):
-        return passed, {}, {}, 0
-    misses = list(map(operator.not_, fits))
-    failed_names = list(compress(names, misses))
-    failed_verdicts = list(compress(found, misses))
-    kinds = list(map(_KIND, failed_verdicts))
-    reasons = list(map(_REASON, failed_verdicts))
-    if "unresolvable" not in kinds:
-        return passed, dict(zip(failed_names, reasons, strict=True)), {}, kinds.count("unknown")
-    never = list(map("unresolvable".__eq__, kinds))
-    now = list(map(operator.not_, never))
-    failed = dict(zip(compress(failed_names, now), compress(reasons, now), strict=True))
-    unresolvable = dict(zip(compress(failed_names, never), compress(reasons, never), strict=True))
-    return passed, failed, unresolvable, kinds.count("unknown")
+        return passed, failed, unresolvable, unknown_nodes
+    for name, verdict in zip(names, found, strict=True):
+        if verdict is FITS:
+            continue
+        if verdict.kind == "unresolvable":
+            unresolvable[name] = verdict.reason
+        else:
+            failed[name] = verdict.reason
+            unknown_nodes += verdict.kind == "unknown"
+    return passed, failed, unresolvable, unknown_nodes
 
 
 def build_app(
