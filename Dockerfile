@@ -4,7 +4,7 @@
 #   neuron-scheduler-extender  (Deployment; the image's default user, 65532, non-root)
 #   kubectl-neuron             (the operator view, also installable with pip)
 # No HEALTHCHECK: Kubernetes probes (/healthz, /readyz) decide liveness, not the container runtime.
-# Build for EKS (amd64 + arm64): see docs/deploy.md, "Build and push the image".
+# Build for EKS (amd64 + arm64): see the README, "Build and push the image".
 # The base is pinned by version; release builds pin it by digest too:
 #   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-trixie@sha256:<digest> .
 ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
