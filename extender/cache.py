@@ -84,6 +84,9 @@ class ClusterView:
         self._wake = asyncio.Event()
         self._last_contact = clock()
         self._memo: dict[tuple[Shape, bool], dict[str, Verdict]] = {}  # (shape, scored) -> node -> verdict
+        # Beside each verdict memo, each node's piece of the prioritize reply (see extender.fragments); dropped
+        # in the same places as the verdicts, so a piece always spells the node's current verdict.
+        self._pieces: dict[tuple[Shape, bool], dict[str, bytes]] = {}
 
     # ---- what the watches feed -------------------------------------------------------------------------
 
@@ -234,6 +237,11 @@ class ClusterView:
                 memo[name] = self._judge_cached(name, request, scored)
             return list(map(memo.__getitem__, names))
 
+    def pieces(self, request: PodRequest, *, scored: bool) -> dict[str, bytes]:
+        """The encoded reply pieces for this request shape, node -> bytes, for the caller to fill from the
+        verdicts `verdict_list` just gave. The view drops a node's piece whenever it drops its verdict."""
+        return self._pieces.setdefault((request.shape, scored), {})
+
     def _note_shape(self, request: PodRequest) -> None:
         shape = request.shape
         if shape in self._recent:
@@ -245,6 +253,7 @@ class ClusterView:
             del self._recent[oldest]
             for scored in (False, True):
                 self._memo.pop((oldest, scored), None)
+                self._pieces.pop((oldest, scored), None)
         # A new shape: have the warmer fill it in for every node, so the next pod like this one is fast.
         self._dirty.update(self._nodes)
         self._wake.set()
@@ -342,6 +351,8 @@ class ClusterView:
         """The node's state or pods changed: forget its verdicts, and have the warmer recompute them."""
         for memo in self._memo.values():
             memo.pop(node, None)
+        for pieces in self._pieces.values():
+            pieces.pop(node, None)
         if self._recent:
             self._dirty.add(node)
             self._wake.set()

@@ -21,6 +21,7 @@ from aiohttp import web
 from extender.bind import Binder
 from extender.cache import ClusterView
 from extender.fit import FITS, Verdict
+from extender.fragments import encode_priority_list, join_pieces, score_piece
 from extender.metrics import CONTENT_TYPE_LATEST, ExtenderMetrics
 from extender.wire import (
     ExtenderArgs,
@@ -168,6 +169,9 @@ def build_app(
             # HostPriorityList has no error field: an HTTP error is the only way to say it.
             raise _HttpError(400 if settings.standalone else 503, problem)
         names, found = verdict_lists(view, args, scored=True)
+        if args.node_names is not None:
+            pieces = view.pieces(args.pod.request, scored=True)
+            return _json_response(encode_priority_list(join_pieces(pieces, names, found, score_piece)))
         return _json_response(encode_priorities(zip(names, map(_SCORE, found), strict=True)))
 
     async def bind_handler(request: web.Request) -> web.Response:

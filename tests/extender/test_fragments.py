@@ -1,0 +1,132 @@
+"""The NodeNames prioritize reply joined from per-node pieces: byte-for-byte the general encoder's output, and
+never stale.
+
+The reference is the general path the fast one replaced: `server.partition` and the orjson encoders in `wire`,
+fed by a fresh `ClusterView` that has no memo at all (filter replies are checked against it too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extender.cache import ClusterView
+from extender.fit import Verdict
+from extender.fragments import encode_priority_list, join_pieces, score_piece
+from extender.metrics import ExtenderMetrics
+from extender.server import ServerSettings, build_app, partition
+from extender.wire import encode_filter_result, encode_priorities, parse_extender_args
+
+from .builders import container, names_args, node_doc, node_state, pod_doc
+from .serving import Http, served
+
+# Names with the characters JSON must escape, and some it need not.
+_TEXT = st.text(alphabet=st.sampled_from('ab-."\\/\n\tÿ€😀'), min_size=1, max_size=8)
+
+
+@given(st.dictionaries(_TEXT, st.integers(0, 10), max_size=30), st.integers(0, 5))
+def test_priority_reply_is_the_general_encoders_bytes(by_name: dict[str, int], repeats: int) -> None:
+    # A node named twice in one request has one verdict (one memo entry), so it has one score.
+    names = list(by_name) + list(by_name)[:repeats]
+    scores = [(name, by_name[name]) for name in names]
+    found = [Verdict("fit", score, "") for _, score in scores]
+    pieces: dict[str, bytes] = {}
+    for _ in range(2):
+        assert encode_priority_list(join_pieces(pieces, names, found, score_piece)) == encode_priorities(scores)
+
+
+# ---- the served extender, its memo and pieces against a fresh view after every kind of change ----------------
+
+NAMES = ["roomy", "snug", "trn", "cpu", "ghost"]
+POD = pod_doc("p", neuron=2)
+
+
+def _reference(events: list[tuple[str, str, tuple[Any, ...]]], pod: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Filter and prioritize replies the general way, from a fresh view (no memo) given the same events."""
+    view = ClusterView()
+    for event in events:
+        view.apply(*event)
+    args = parse_extender_args(names_args(pod, NAMES))
+    passed, failed, unresolvable, _ = partition(NAMES, view.verdict_list(NAMES, args.pod.request, scored=False))
+    scored = view.verdict_list(passed, args.pod.request, scored=True)
+    scores = zip(passed, map(operator.attrgetter("score"), scored), strict=True)
+    return encode_filter_result(args, passed, failed, unresolvable), encode_priorities(scores)
+
+
+class Served:
+    def __init__(self, http: Http, view: ClusterView, loop: asyncio.AbstractEventLoop) -> None:
+        self.http, self.view, self.loop = http, view, loop
+        self.events: list[tuple[str, str, tuple[Any, ...]]] = []
+
+    def apply(self, kind: str, event_type: str, *docs: Any) -> None:
+        """One watch event, applied on the app's loop as the reflectors apply it."""
+
+        async def on_loop() -> None:
+            self.view.apply(kind, event_type, docs)
+
+        asyncio.run_coroutine_threadsafe(on_loop(), self.loop).result(10)
+        self.events.append((kind, event_type, docs))
+
+    def raw(self, path: str, doc: Any) -> bytes:
+        response = self.http.pool.request(
+            "POST", self.http.base + path, body=orjson.dumps(doc), headers={"Content-Type": "application/json"}
+        )
+        assert response.status == 200, response.data
+        return bytes(response.data)
+
+    def replies(self, pod: dict[str, Any] = POD) -> tuple[bytes, bytes]:
+        """This pod's filter then prioritize (on the nodes that passed), checked against the reference."""
+        filtered = self.raw("/filter", names_args(pod, NAMES))
+        scored = self.raw("/prioritize", names_args(pod, orjson.loads(filtered)["NodeNames"]))
+        assert (filtered, scored) == _reference(self.events, pod)
+        return filtered, scored
+
+
+@pytest.fixture
+def extender() -> Iterator[Served]:
+    view = ClusterView()
+    make_app: Callable[[], Any] = lambda: build_app(ServerSettings(), view, None, ExtenderMetrics())  # noqa: E731
+    with served(make_app) as (base, loop):
+        ext = Served(Http(base), view, loop)
+        ext.apply("nodes", "SYNC", node_doc("roomy", node_state("inf1.24xlarge", used_devices={0})),
+                  node_doc("snug", node_state("inf1.24xlarge", used_devices=set(range(16)) - {8, 9, 10, 11})),
+                  node_doc("trn", node_state("trn1.32xlarge")), node_doc("cpu", annotations={}))  # fmt: skip
+        ext.apply("pods", "SYNC")
+        yield ext
+
+
+def test_pieces_follow_a_node_state_change(extender: Served) -> None:
+    before = extender.replies()
+    extender.replies()  # now from the memo and the pieces
+    extender.apply("nodes", "MODIFIED", node_doc("snug", node_state("inf1.24xlarge", used_devices=set(range(14)))))
+    extender.apply("nodes", "MODIFIED", node_doc("cpu", annotations={"neuron-contig.io/state": "garbled"}))
+    after = extender.replies()
+    assert after[1] != before[1]  # snug's score changed: a stale piece would show the old one
+
+
+def test_pieces_follow_a_pod_bound_to_the_node(extender: Served) -> None:
+    before = extender.replies()
+    extender.apply("pods", "ADDED", pod_doc("held", neuron=2, node_name="snug", created="2026-11-22T01:00:00Z"))
+    after = extender.replies()
+    assert after[1] != before[1]  # snug has one free pair left, not two: its score changed
+    extender.apply("pods", "DELETED", pod_doc("held", neuron=2, node_name="snug"))
+    assert extender.replies() == before
+
+
+def test_pieces_of_an_evicted_shape_are_dropped_and_rebuilt(extender: Served) -> None:
+    extender.replies()
+    shape = parse_extender_args(names_args(POD, NAMES)).pod.request
+    assert extender.view.pieces(shape, scored=True), "the first prioritize left pieces"
+    # Seventeen other shapes push this one out of the recent shapes, and its memo and pieces with it.
+    for size in range(1, 18):
+        extender.replies(pod_doc("other", containers=[container("a", neuron=2), container("b", cores=size)]))
+    assert extender.view.pieces(shape, scored=True) == {}
+    extender.apply("nodes", "MODIFIED", node_doc("roomy", node_state("inf1.24xlarge", used_devices={0, 2, 4})))
+    extender.replies()
