@@ -210,11 +210,15 @@ def judge(topo: Topology, free: Free, request: PodRequest, *, scored: bool = Tru
         return Verdict(found.kind, 0, found.whole_pod)
     need = request.needs[found.failed.index]
     refusal = found.failed.refusal
+    # Verdicts are memoised by request shape, which holds sizes, not container names: the reason may only
+    # name what the shape fixes, so a multi-block pod's block is named by its position.
+    count = len(request.needs)
+    which = f"block {found.failed.index + 1} of {count}: " if count > 1 else ""
     if found.kind == "unresolvable":  # depends on the instance type and the size only: already generic
-        return Verdict(found.kind, 0, f"container {need.container!r} ({need.size} {need.resource.short}): {refusal}")
+        return Verdict(found.kind, 0, f"{which}{refusal}")
     unit = "devices" if need.resource is Resource.NEURON else "NeuronCores"
     reason = (
-        f"no free contiguous block of {need.size} {unit} for container {need.container!r} "
+        f"no free contiguous block of {need.size} {unit}{' for ' + which.rstrip(': ') if which else ''} "
         f"(node too full or too fragmented now): {refusal.rule}"
     )
     return Verdict(found.kind, 0, reason, detail=refusal.message)
