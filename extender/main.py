@@ -44,13 +44,34 @@ class Config:
     watch_timeout: int
 
 
-def _env(flag: str, default: str) -> str:
-    # A string default: argparse runs `type` on it too, so a bad env value is a usage error naming the flag.
-    return os.environ.get(flag.lstrip("-").replace("-", "_").upper(), default)
+def _env_var(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_").upper()
 
 
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    name: str
+    default: str  # a string: argparse runs `type` on it too, so a bad env value is a usage error naming the flag
+    help: str
+    type: type = str
+
+
+_FLAGS: tuple[_Flag, ...] = (
+    _Flag("--address", "0.0.0.0", "listen address"),
+    _Flag("--port", "8888", "serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port", int),
+    _Flag("--metrics-port", "0", "serve /metrics on this port instead; 0 = on --port", int),
+    _Flag("--kubeconfig", "", "kubeconfig file; empty = in-cluster service account"),
+    _Flag("--tls-cert-file", "", "serve HTTPS with this cert"),
+    _Flag("--tls-key-file", "", "and this key"),
+    _Flag("--max-body-bytes", str(64 * 1024 * 1024), "request body cap; larger bodies get 413", int),
+    _Flag("--read-timeout", "10", "seconds to receive a request body; slower gets 408", float),
+    _Flag("--handler-timeout", "4.5", "seconds to answer; keep below the scheduler's httpTimeout", float),
+    _Flag("--watch-timeout", "300", "seconds each API watch stays open before it is renewed", int),
+)
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -58,58 +79,26 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         prog="neuron-scheduler-extender",
         description="Scheduler extender: only nodes with a contiguous free Neuron block pass; best fit scores highest.",
     )
-    p.add_argument("--address", default=_env("--address", "0.0.0.0"), help="listen address (ADDRESS)")
-    p.add_argument(
-        "--port",
-        type=int,
-        default=_env("--port", "8888"),
-        help="serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port (PORT)",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_env("--metrics-port", "0"),
-        help="serve /metrics on this port instead; 0 = on --port (METRICS_PORT)",
-    )
-    p.add_argument(
-        "--kubeconfig",
-        default=_env("--kubeconfig", ""),
-        help="kubeconfig file; empty = in-cluster service account (KUBECONFIG)",
-    )
+    for flag in _FLAGS:
+        env_var = _env_var(flag.name)
+        p.add_argument(
+            flag.name,
+            type=flag.type,
+            default=os.environ.get(env_var, flag.default),
+            help=f"{flag.help} (env {env_var}, default {flag.default!r})",
+        )
     p.add_argument(
         "--standalone",
         action="store_true",
-        default=_truthy(_env("--standalone", "")),
-        help="no API server: answer Nodes-mode filter/prioritize only (STANDALONE)",
-    )
-    p.add_argument("--tls-cert-file", default=_env("--tls-cert-file", ""), help="serve HTTPS with this cert")
-    p.add_argument("--tls-key-file", default=_env("--tls-key-file", ""), help="and this key")
-    p.add_argument("--log-level", default=_env("--log-level", "info"), choices=["debug", "info", "warning", "error"])
-    p.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=_env("--max-body-bytes", str(64 * 1024 * 1024)),
-        help="request body cap; larger bodies get 413 (MAX_BODY_BYTES)",
+        default=_truthy(os.environ.get(_env_var("--standalone"), "")),
+        help="no API server: answer Nodes-mode filter/prioritize only (env STANDALONE)",
     )
     p.add_argument(
-        "--read-timeout",
-        type=float,
-        default=_env("--read-timeout", "10"),
-        help="seconds to receive a request body; slower gets 408 (READ_TIMEOUT)",
+        "--log-level",
+        default=os.environ.get(_env_var("--log-level"), "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="env LOG_LEVEL",
     )
-    p.add_argument(
-        "--handler-timeout",
-        type=float,
-        default=_env("--handler-timeout", "4.5"),
-        help="seconds to answer; keep below the scheduler's httpTimeout (HANDLER_TIMEOUT)",
-    )
-    p.add_argument(
-        "--watch-timeout",
-        type=int,
-        default=_env("--watch-timeout", "300"),
-        help="seconds each API watch stays open before it is renewed (WATCH_TIMEOUT)",
-    )
-    # fmt: on
     ns = p.parse_args(argv)
     if bool(ns.tls_cert_file) != bool(ns.tls_key_file):
         p.error("--tls-cert-file and --tls-key-file go together")
