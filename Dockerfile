@@ -20,6 +20,7 @@ RUN pip install --no-cache-dir --no-deps -r /tmp/requirements.txt \
  && pip install --no-cache-dir "setuptools==80.9.0" "wheel==0.45.1"
 COPY pyproject.toml README.md /src/
 COPY neuronalloc /src/neuronalloc
+COPY neuroncli /src/neuroncli
 COPY neuronlog /src/neuronlog
 COPY plugin /src/plugin
 COPY extender /src/extender

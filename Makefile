@@ -1,7 +1,7 @@
 # Two commands set a fresh machine up (see README):  make demo   |   make test
 SHELL := /bin/bash
 PYTHON ?= python3
-PACKAGES := neuronalloc neuronlog plugin extender kubectl_neuron
+PACKAGES := neuronalloc neuroncli neuronlog plugin extender kubectl_neuron
 
 .PHONY: deps deps-python deps-tools test lint unit demo bench
 

@@ -21,6 +21,7 @@ from extender.cache import ClusterView
 from extender.kube import KINDS, KubeApi, Reflector, WatchEvent
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app, build_metrics_app
+from neuroncli.flags import Flag, add_flags
 from neuronlog import configure_logging, get_logger
 
 __all__ = ["Config", "main", "parse_config", "reflectors_for", "tune_gc"]
@@ -44,33 +45,19 @@ class Config:
     watch_timeout: int
 
 
-def _env_var(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_").upper()
-
-
-def _truthy(text: str) -> bool:
-    return text.strip().lower() in ("1", "true", "yes", "on")
-
-
-@dataclass(frozen=True, slots=True)
-class _Flag:
-    name: str
-    default: str  # a string: argparse runs `type` on it too, so a bad env value is a usage error naming the flag
-    help: str
-    type: type = str
-
-
-_FLAGS: tuple[_Flag, ...] = (
-    _Flag("--address", "0.0.0.0", "listen address"),
-    _Flag("--port", "8888", "serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port", int),
-    _Flag("--metrics-port", "0", "serve /metrics on this port instead; 0 = on --port", int),
-    _Flag("--kubeconfig", "", "kubeconfig file; empty = in-cluster service account"),
-    _Flag("--tls-cert-file", "", "serve HTTPS with this cert"),
-    _Flag("--tls-key-file", "", "and this key"),
-    _Flag("--max-body-bytes", str(64 * 1024 * 1024), "request body cap; larger bodies get 413", int),
-    _Flag("--read-timeout", "10", "seconds to receive a request body; slower gets 408", float),
-    _Flag("--handler-timeout", "4.5", "seconds to answer; keep below the scheduler's httpTimeout", float),
-    _Flag("--watch-timeout", "300", "seconds each API watch stays open before it is renewed", int),
+_FLAGS: tuple[Flag, ...] = (
+    Flag("address", "0.0.0.0", "listen address"),
+    Flag("port", "8888", "serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port", int),
+    Flag("metrics-port", "0", "serve /metrics on this port instead; 0 = on --port", int),
+    Flag("kubeconfig", "", "kubeconfig file; empty = in-cluster service account"),
+    Flag("tls-cert-file", "", "serve HTTPS with this cert"),
+    Flag("tls-key-file", "", "and this key"),
+    Flag("max-body-bytes", str(64 * 1024 * 1024), "request body cap; larger bodies get 413", int),
+    Flag("read-timeout", "10", "seconds to receive a request body; slower gets 408", float),
+    Flag("handler-timeout", "4.5", "seconds to answer; keep below the scheduler's httpTimeout", float),
+    Flag("watch-timeout", "300", "seconds each API watch stays open before it is renewed", int),
+    Flag("standalone", "", "no API server: answer Nodes-mode filter/prioritize only", switch=True),
+    Flag("log-level", "info", "", choices=("debug", "info", "warning", "error")),
 )
 
 
@@ -79,26 +66,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         prog="neuron-scheduler-extender",
         description="Scheduler extender: only nodes with a contiguous free Neuron block pass; best fit scores highest.",
     )
-    for flag in _FLAGS:
-        env_var = _env_var(flag.name)
-        p.add_argument(
-            flag.name,
-            type=flag.type,
-            default=os.environ.get(env_var, flag.default),
-            help=f"{flag.help} (env {env_var}, default {flag.default!r})",
-        )
-    p.add_argument(
-        "--standalone",
-        action="store_true",
-        default=_truthy(os.environ.get(_env_var("--standalone"), "")),
-        help="no API server: answer Nodes-mode filter/prioritize only (env STANDALONE)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=os.environ.get(_env_var("--log-level"), "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="env LOG_LEVEL",
-    )
+    add_flags(p, _FLAGS, os.environ)
     ns = p.parse_args(argv)
     if bool(ns.tls_cert_file) != bool(ns.tls_key_file):
         p.error("--tls-cert-file and --tls-key-file go together")

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuroncli.flags import Flag, add_flags
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # sun_path holds 108 bytes with the terminating NUL; a longer path fails deep inside grpc with no useful message.
 MAX_UNIX_SOCKET_PATH = 107
@@ -38,37 +40,20 @@ class PluginConfig:
         return self.kubeconfig != "none"
 
 
-@dataclass(frozen=True)
-class _Flag:
-    name: str
-    default: str
-    help: str
-
-    @property
-    def env_var(self) -> str:
-        return self.name.upper().replace("-", "_")
-
-    @property
-    def dest(self) -> str:
-        return self.name.replace("-", "_")
-
-
-FLAGS: tuple[_Flag, ...] = (
-    _Flag("device-root", "/dev", "directory holding the neuronN device nodes"),
-    _Flag("sysfs-root", "/sys", "sysfs mount; per-device facts are read from class/neuron_device/neuronN/"),
-    _Flag("kubelet-socket-dir", "/var/lib/kubelet/device-plugins", "kubelet's device-plugin directory"),
-    _Flag("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock", "kubelet's PodResources socket"),
-    _Flag("node-name", "", "this node's name (default: the hostname)"),
-    _Flag(
+FLAGS: tuple[Flag, ...] = (
+    Flag("device-root", "/dev", "directory holding the neuronN device nodes"),
+    Flag("sysfs-root", "/sys", "sysfs mount; per-device facts are read from class/neuron_device/neuronN/"),
+    Flag("kubelet-socket-dir", "/var/lib/kubelet/device-plugins", "kubelet's device-plugin directory"),
+    Flag("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock", "kubelet's PodResources socket"),
+    Flag("node-name", "", "this node's name (default: the hostname)"),
+    Flag(
         "instance-type", "", 'instance type; "" = the node label node.kubernetes.io/instance-type, else by device count'
     ),
-    _Flag("metrics-port", "9410", "port for /metrics and /healthz; 0 = off"),
-    _Flag(
-        "kubeconfig", "", 'kubeconfig path; "" = in-cluster service account, "none" = no API server (publishing off)'
-    ),
-    _Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
-    _Flag("hw-error-log", "", 'file of kernel-log lines to follow for NEURON_HW_ERR=; "" = off'),
-    _Flag("log-level", "info", "one of " + ", ".join(LOG_LEVELS)),
+    Flag("metrics-port", "9410", "port for /metrics and /healthz; 0 = off"),
+    Flag("kubeconfig", "", 'kubeconfig path; "" = in-cluster service account, "none" = no API server (publishing off)'),
+    Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
+    Flag("hw-error-log", "", 'file of kernel-log lines to follow for NEURON_HW_ERR=; "" = off'),
+    Flag("log-level", "info", "one of " + ", ".join(LOG_LEVELS)),
 )
 
 
@@ -95,30 +80,19 @@ def _socket_path_fits(name: str, path: Path) -> None:
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuron-device-plugin",
         description="Kubernetes device plugin that hands out only contiguous AWS Neuron devices and cores.",
     )
-    for flag in FLAGS:
-        # default=None tells "not given on the command line" apart from an explicit value, so env can fill it.
-        parser.add_argument(
-            f"--{flag.name}",
-            dest=flag.dest,
-            default=None,
-            metavar=flag.env_var,
-            help=f"{flag.help} (env {flag.env_var}, default {flag.default!r})",
-        )
+    add_flags(parser, FLAGS, env)
     return parser
 
 
 def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> PluginConfig:
     """Resolve every setting from argv, then env, then the default. Raises ConfigError on bad values."""
-    args = vars(build_parser().parse_args(argv))
-    raw: dict[str, str] = {}
-    for flag in FLAGS:
-        given = args[flag.dest]
-        raw[flag.dest] = given if given is not None else env.get(flag.env_var, flag.default)
+    # Every flag is a plain string here: values are checked below so that errors are ConfigErrors naming the flag.
+    raw: dict[str, str] = vars(build_parser(env).parse_args(argv))
     log_level = raw["log_level"].lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log-level: {raw['log_level']!r} is not one of {', '.join(LOG_LEVELS)}")

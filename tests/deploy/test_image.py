@@ -58,7 +58,7 @@ def test_both_entry_points_are_installed() -> None:
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert {"neuron-device-plugin", "neuron-scheduler-extender", "kubectl-neuron"} <= set(scripts)
     copied = {rest.split()[0] for verb, rest in instructions() if verb == "COPY"}
-    for package in {target.split(".")[0] for target in scripts.values()} | {"neuronalloc", "neuronlog"}:
+    for package in {target.split(".")[0] for target in scripts.values()} | {"neuronalloc", "neuroncli", "neuronlog"}:
         assert package in copied, f"{package}/ is not copied into the image"
         assert f"!{package}/" in (REPO / ".dockerignore").read_text()
 
