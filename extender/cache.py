@@ -6,8 +6,9 @@ replica made that its pod watch has not shown yet; it is dropped the moment the 
 `binding_ttl`), and it only ever makes the view more conservative.
 
 Speed: a verdict depends only on (node state, pods bound to it, request shape), so verdicts are memoised per
-request shape, per node, and a node's entries are dropped the moment its state or its pods change. Filter at
-5,000 nodes is then a dict lookup per node; a warmer recomputes dropped entries between requests.
+request shape, per node (`extender.answers`), and a node's entries are dropped the moment its state or its
+pods change. A reply at 5,000 nodes is then built by C-level passes over the memo; a warmer recomputes dropped
+entries between requests.
 
 All methods run on the event loop thread; watch threads hand events over with `loop.call_soon_threadsafe`.
 """
@@ -15,11 +16,13 @@ All methods run on the event loop thread; watch threads hand events over with `l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, ShapeMemos
 from extender.fit import PendingPod, Verdict, judge_node, unknown
 from extender.requests import PodRequest, Shape
 from extender.wire import NodeInfo, PodInfo, WireError, parse_node, parse_pod
@@ -31,6 +34,7 @@ __all__ = ["ClusterView", "active_pending_pod", "state_key"]
 log = get_logger(__name__)
 
 StateKey = tuple[tuple[str, str], ...]
+_Reply = TypeVar("_Reply")
 _MEMO_LIMIT = 50_000  # request-mode memo entries before the memo is cleared (bounded memory, never wrong)
 _RECENT_SHAPES = 16  # request shapes kept warm; a cluster runs a handful of pod sizes
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -82,11 +86,12 @@ class ClusterView:
         self._recent: dict[Shape, PodRequest] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._last_contact = clock()
-        self._memo: dict[tuple[Shape, bool], dict[str, Verdict]] = {}  # (shape, scored) -> node -> verdict
-        # Beside each verdict memo, each node's piece of the prioritize reply (see extender.fragments); dropped
-        # in the same places as the verdicts, so a piece always spells the node's current verdict.
-        self._pieces: dict[tuple[Shape, bool], dict[str, bytes]] = {}
+        # Per recent shape, its verdicts by node; a node's are dropped from every shape in one place (`_changed`).
+        self._memos: dict[Shape, ShapeMemos] = {}
 
     # ---- what the watches feed -------------------------------------------------------------------------
 
@@ -224,23 +229,47 @@ class ClusterView:
         """Seconds since the API server was last heard from."""
         return max(0.0, self._clock() - self._last_contact)
 
-    def verdict_list(self, names: Sequence[str], request: PodRequest, *, scored: bool = True) -> list[Verdict]:
-        """NodeNames mode, for one request: every node's verdict, in the order of `names`."""
-        self._note_shape(request)
-        memo = self._memo.setdefault((request.shape, scored), {})
-        self.expire_remembered()
-        # The hot path at 5,000 nodes: C-level lookups; Python only touches the nodes not yet judged.
-        try:
-            return list(map(memo.__getitem__, names))
-        except KeyError:
-            for name in set(names) - memo.keys():
-                memo[name] = self._judge_cached(name, request, scored)
-            return list(map(memo.__getitem__, names))
+    def filter_answer(self, names: Sequence[str], request: PodRequest) -> FilterAnswer:
+        """NodeNames mode: filter's answer for `names`, from the memo; only nodes not judged yet cost Python."""
+        memo = self._memos_for(request, note=True).unscored
+        return self._read_filled(memo, memo.answer, names, request, scored=False)
 
-    def pieces(self, request: PodRequest, *, scored: bool) -> dict[str, bytes]:
-        """The encoded reply pieces for this request shape, node -> bytes, for the caller to fill from the
-        verdicts `verdict_list` just gave. The view drops a node's piece whenever it drops its verdict."""
-        return self._pieces.setdefault((request.shape, scored), {})
+    def priority_reply(self, names: Sequence[str], request: PodRequest) -> bytes:
+        """NodeNames mode: prioritize's HostPriorityList for `names`, joined from memoised pieces."""
+        memo = self._memos_for(request, note=True).scored
+        return self._read_filled(memo, memo.reply, names, request, scored=True)
+
+    def _read_filled(
+        self,
+        memo: FilterMemo | ScoreMemo,
+        read: Callable[[Sequence[str]], _Reply | None],
+        names: Sequence[str],
+        request: PodRequest,
+        *,
+        scored: bool,
+    ) -> _Reply:
+        """`read(names)`, after judging the names the memo lacks (`read` gives None while any is missing)."""
+        found = read(names)
+        if found is None:
+            for name in set(names) - memo.verdicts.keys():
+                memo.record(name, self._judge_cached(name, request, scored))
+            found = read(names)
+            assert found is not None, "every name was just judged"
+        return found
+
+    def remembers_shape(self, request: PodRequest) -> bool:
+        """Whether verdicts for this request shape are memoised (it is among the recent shapes)."""
+        return request.shape in self._memos
+
+    def _memos_for(self, request: PodRequest, *, note: bool) -> ShapeMemos:
+        # The warmer asks with note=False: its work must not reorder the recent shapes.
+        if note:
+            self._note_shape(request)
+        self.expire_remembered()
+        memos = self._memos.get(request.shape)
+        if memos is None:
+            memos = self._memos[request.shape] = ShapeMemos()
+        return memos
 
     def _note_shape(self, request: PodRequest) -> None:
         shape = request.shape
@@ -251,40 +280,58 @@ class ClusterView:
         if len(self._recent) > _RECENT_SHAPES:
             oldest = next(iter(self._recent))
             del self._recent[oldest]
-            for scored in (False, True):
-                self._memo.pop((oldest, scored), None)
-                self._pieces.pop((oldest, scored), None)
+            self._memos.pop(oldest, None)
         # A new shape: have the warmer fill it in for every node, so the next pod like this one is fast.
         self._dirty.update(self._nodes)
         self._wake.set()
 
-    async def warm_forever(self, slice_seconds: float = 0.002) -> None:
-        """Recompute the verdicts of recent shapes on nodes that changed, in slices that yield to requests."""
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Marks a request being answered. The warmer yields to requests, never the reverse: it starts no
+        slice while one is in flight, even while that request awaits its body or the client."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def warm_forever(self, slice_seconds: float = 0.0005) -> None:
+        """Recompute the verdicts of recent shapes on nodes that changed, between requests, in slices short
+        enough that a request arriving mid-slice waits at most `slice_seconds`."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            began = time.perf_counter()
             while self._dirty:
-                name = self._dirty.pop()
-                for request in list(self._recent.values()):
-                    if name not in self._nodes:
-                        break
-                    # Filter verdicts first (filter asks about every node), then the scores prioritize needs.
-                    for scored in (False, True):
-                        found = self.verdict(name, request, scored=scored)
-                        if time.perf_counter() - began > slice_seconds:
-                            await asyncio.sleep(0)  # let a waiting request in
-                            began = time.perf_counter()
-                        if not found.fits:
-                            break  # scoring a node the pod does not fit is free: 0
+                await self._idle.wait()
+                self._warm_slice(slice_seconds)
+                await asyncio.sleep(0)
+
+    def _warm_slice(self, budget: float) -> None:
+        deadline = time.perf_counter() + budget
+        shapes = list(self._recent.values())
+        while self._dirty:
+            name = self._dirty.pop()
+            if name not in self._nodes:
+                continue
+            for request in shapes:
+                # Filter asks about every node; prioritize only about those that pass.
+                if self.verdict(name, request, scored=False).fits:
+                    self.verdict(name, request, scored=True)
+                if time.perf_counter() > deadline:
+                    self._dirty.add(name)  # its other shapes next slice; the ones done are memoised
+                    return
 
     def verdict(self, name: str, request: PodRequest, *, scored: bool = True) -> Verdict:
         """NodeNames mode: the verdict from the cached node state (unscored is cheaper, for filter)."""
-        self.expire_remembered()
-        memo = self._memo.setdefault((request.shape, scored), {})
-        found = memo.get(name)
+        memos = self._memos_for(request, note=False)
+        memo = memos.scored if scored else memos.unscored
+        found = memo.verdicts.get(name)
         if found is None:
-            found = memo[name] = self._judge_cached(name, request, scored)
+            found = self._judge_cached(name, request, scored)
+            memo.record(name, found)
         return found
 
     def _judge_cached(self, name: str, request: PodRequest, scored: bool) -> Verdict:
@@ -349,10 +396,8 @@ class ClusterView:
 
     def _changed(self, node: str) -> None:
         """The node's state or pods changed: forget its verdicts, and have the warmer recompute them."""
-        for memo in self._memo.values():
-            memo.pop(node, None)
-        for pieces in self._pieces.values():
-            pieces.pop(node, None)
+        for memos in self._memos.values():
+            memos.forget(node)
         if self._recent:
             self._dirty.add(node)
             self._wake.set()

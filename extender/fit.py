@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Literal
 
 from extender.requests import PodRequest, Shape, Step
-from neuronalloc import NodeState, Refusal, Resource, Topology, allocate, fit_score, free_blocks
+from neuronalloc import NodeState, Refusal, Resource, Rule, Topology, allocate, fit_score, free_blocks
 
 __all__ = [
     "FITS",
@@ -216,11 +216,13 @@ def judge(topo: Topology, free: Free, request: PodRequest, *, scored: bool = Tru
     which = f"block {found.failed.index + 1} of {count}: " if count > 1 else ""
     if found.kind == "unresolvable":  # depends on the instance type and the size only: already generic
         return Verdict(found.kind, 0, f"{which}{refusal}")
+    # Short and free of the instance type, on purpose: FailedNodes carries one reason per failing node (the
+    # largest part of filter's reply at 5,000 nodes), and kube-scheduler's event counts nodes per distinct
+    # reason, so one wording per shape and rule gives one line. The rule and this node's free IDs are in `detail`.
+    aligned = need.resource is Resource.NEURON and topo.rule is Rule.ALIGNED
     unit = "devices" if need.resource is Resource.NEURON else "NeuronCores"
-    reason = (
-        f"no free contiguous block of {need.size} {unit}{' for ' + which.rstrip(': ') if which else ''} "
-        f"(node too full or too fragmented now): {refusal.rule}"
-    )
+    block = f" for {which.rstrip(': ')}" if which else ""
+    reason = f"no free {'aligned' if aligned else 'contiguous'} block of {need.size} {unit}{block} now"
     return Verdict(found.kind, 0, reason, detail=refusal.message)
 
 

@@ -100,6 +100,20 @@ def test_unresolvable_states_the_rule_in_words() -> None:
     assert too_big.kind == "unresolvable" and "only 4" in too_big.reason
 
 
+def test_too_full_reason_is_short_and_the_same_on_every_node_of_a_rule() -> None:
+    # One wording per shape and rule: kube-scheduler's event then counts nodes on one line, and FailedNodes
+    # (one reason per failing node) stays small. The node's own free IDs and rule go to `detail`.
+    four = single(Resource.NEURON, 4)
+    on_trn = judge_node(node_state("trn1.32xlarge", used_devices=[0, 4, 8, 12]), [], four)
+    assert (on_trn.kind, on_trn.reason) == ("no_block", "no free aligned block of 4 devices now")
+    assert "starting at a multiple of its size" in on_trn.detail and "[1-3,5-7,9-11,13-15]" in on_trn.detail
+    on_inf1 = judge_node(node_state("inf1.24xlarge", used_devices=[3, 7, 11, 15]), [], four)
+    on_inf2 = judge_node(node_state("inf2.48xlarge", used_devices=[2, 5, 8, 11]), [], four)
+    assert on_inf1.reason == on_inf2.reason == "no free contiguous block of 4 devices now"
+    cores = judge_node(node_state("inf2.48xlarge", used_devices=range(12)), [], single(Resource.NEURONCORE, 4))
+    assert cores.reason == "no free contiguous block of 4 NeuronCores now"
+
+
 def test_multi_container_pod_placed_container_by_container() -> None:
     two_by_two = pod_request((ContainerSpec("a", {NEURON: "2"}, {}), ContainerSpec("b", {NEURON: "2"}, {})), ())
     assert judge_node(node_state("inf1.6xlarge"), [], two_by_two).blocks == (

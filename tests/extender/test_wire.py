@@ -189,6 +189,40 @@ def test_filter_result_keeps_mode_and_pascal_case() -> None:
     assert orjson.loads(encode_priorities([("a", 3)])) == [{"Host": "a", "Score": 3}]
 
 
+_NAME = st.text(alphabet=st.sampled_from('ab-."\\/\n\tÿ€😀'), min_size=1, max_size=6)
+
+
+@given(
+    st.lists(_NAME, max_size=6),
+    st.dictionaries(_NAME, _NAME, max_size=6),
+    st.dictionaries(_NAME, _NAME, max_size=6),
+    st.text(max_size=8),
+    st.booleans(),
+)
+def test_filter_reply_is_the_whole_result_encoded_at_once(
+    passed: list[str], failed: dict[str, str], unresolvable: dict[str, str], error: str, names_mode: bool
+) -> None:
+    """The reply written piecewise (pre-encoded members) is byte for byte what orjson writes for the whole
+    result, in either mode, whatever the names and reasons hold."""
+    pod = pod_doc("p", neuron=1)
+    every = list(dict.fromkeys([*passed, *failed, *unresolvable]))
+    doc = names_args(pod, every) if names_mode else nodes_args(pod, [node_doc(n) for n in every])
+    args = parse_extender_args(doc)
+    whole = {
+        "Nodes": None if names_mode else {"items": [node_doc(n) for n in every if n in set(passed)]},
+        "NodeNames": passed if names_mode else None,
+        "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable,
+        "Error": error,
+    }
+    assert encode_filter_result(args, passed, failed, unresolvable, error) == orjson.dumps(whole)
+
+
+def test_an_overlong_node_name_is_not_a_wire_error() -> None:
+    # It cannot be a Node's name, so the node cache does not hold it: filter answers it as an unknown node.
+    assert parse_extender_args(names_args(pod_doc("p"), ["n" * 300])).node_names == ("n" * 300,)
+
+
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=5),

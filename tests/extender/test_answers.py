@@ -1,14 +1,13 @@
-"""The NodeNames prioritize reply joined from per-node pieces: byte-for-byte the general encoder's output, and
-never stale.
+"""Replies built from the indexed memo (`extender.answers`): the same as the general, verdict-by-verdict path,
+byte for byte, and never stale.
 
-The reference is the general path the fast one replaced: `server.partition` and the orjson encoders in `wire`,
-fed by a fresh `ClusterView` that has no memo at all (filter replies are checked against it too).
+The reference is the general path: `FilterAnswer.of` over one verdict at a time and the orjson encoders in
+`wire`, fed by a fresh `ClusterView` that has memoised nothing yet.
 """
 
 from __future__ import annotations
 
 import asyncio
-import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,29 +16,56 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extender.answers import FilterAnswer, FilterMemo, ScoreMemo
 from extender.cache import ClusterView
-from extender.fit import Verdict
-from extender.fragments import encode_priority_list, join_pieces, score_piece
+from extender.fit import FITS, Verdict, unknown
 from extender.metrics import ExtenderMetrics
-from extender.server import ServerSettings, build_app, partition
-from extender.wire import encode_filter_result, encode_priorities, parse_extender_args
+from extender.server import ServerSettings, build_app
+from extender.wire import encode_filter_reply, encode_priorities, parse_extender_args
 
 from .builders import container, names_args, node_doc, node_state, pod_doc
 from .serving import Http, served
 
 # Names with the characters JSON must escape, and some it need not.
 _TEXT = st.text(alphabet=st.sampled_from('ab-."\\/\n\tÿ€😀'), min_size=1, max_size=8)
+_VERDICTS = st.sampled_from(
+    [FITS, Verdict("no_block", 0, "too full"), Verdict("no_block", 0, "other rule"),
+     Verdict("unresolvable", 0, "never"), unknown("garbled")]
+)  # fmt: skip
+
+
+@given(st.lists(st.tuples(_TEXT, _VERDICTS), max_size=30), st.lists(_TEXT, max_size=40))
+def test_indexed_filter_answer_is_the_general_one(recorded: list[tuple[str, Verdict]], asked: list[str]) -> None:
+    memo = FilterMemo()
+    latest: dict[str, Verdict] = {}
+    for name, verdict in recorded:  # a name recorded twice keeps its latest verdict only
+        memo.record(name, verdict)
+        latest[name] = verdict
+    for name in asked[::3]:
+        memo.forget(name)
+        latest.pop(name, None)
+    names = [n for n in asked if n in latest] + list(latest)
+    assert memo.answer(names) == FilterAnswer.of(names, [latest[n] for n in names])
+    # and the members are a JSON object's: what orjson writes for the reasons, first mention first
+    reasons = {n: latest[n].reason for n in names if not latest[n].fits and latest[n].kind != "unresolvable"}
+    answer = memo.answer(names)
+    assert answer is not None and orjson.loads(b"{" + answer.failed_members + b"}") == reasons
+    unjudged = [n for n in asked if n not in latest]
+    if unjudged:
+        assert memo.answer(names + unjudged[:1]) is None
 
 
 @given(st.dictionaries(_TEXT, st.integers(0, 10), max_size=30), st.integers(0, 5))
 def test_priority_reply_is_the_general_encoders_bytes(by_name: dict[str, int], repeats: int) -> None:
     # A node named twice in one request has one verdict (one memo entry), so it has one score.
     names = list(by_name) + list(by_name)[:repeats]
-    scores = [(name, by_name[name]) for name in names]
-    found = [Verdict("fit", score, "") for _, score in scores]
-    pieces: dict[str, bytes] = {}
-    for _ in range(2):
-        assert encode_priority_list(join_pieces(pieces, names, found, score_piece)) == encode_priorities(scores)
+    memo = ScoreMemo()
+    for name, score in by_name.items():
+        memo.record(name, Verdict("fit", score, ""))
+    assert memo.reply(names) == encode_priorities((name, by_name[name]) for name in names)
+    if names:
+        memo.forget(names[0])
+        assert memo.reply(names) is None
 
 
 # ---- the served extender, its memo and pieces against a fresh view after every kind of change ----------------
@@ -54,10 +80,13 @@ def _reference(events: list[tuple[str, str, tuple[Any, ...]]], pod: dict[str, An
     for event in events:
         view.apply(*event)
     args = parse_extender_args(names_args(pod, NAMES))
-    passed, failed, unresolvable, _ = partition(NAMES, view.verdict_list(NAMES, args.pod.request, scored=False))
-    scored = view.verdict_list(passed, args.pod.request, scored=True)
-    scores = zip(passed, map(operator.attrgetter("score"), scored), strict=True)
-    return encode_filter_result(args, passed, failed, unresolvable), encode_priorities(scores)
+    request = args.pod.request
+    answer = FilterAnswer.of(NAMES, [view.verdict(name, request, scored=False) for name in NAMES])
+    scores = [(name, view.verdict(name, request, scored=True).score) for name in answer.passed]
+    return (
+        encode_filter_reply(args, answer.passed, answer.failed_members, answer.unresolvable_members),
+        encode_priorities(scores),
+    )
 
 
 class Served:
@@ -123,10 +152,10 @@ def test_pieces_follow_a_pod_bound_to_the_node(extender: Served) -> None:
 def test_pieces_of_an_evicted_shape_are_dropped_and_rebuilt(extender: Served) -> None:
     extender.replies()
     shape = parse_extender_args(names_args(POD, NAMES)).pod.request
-    assert extender.view.pieces(shape, scored=True), "the first prioritize left pieces"
+    assert extender.view.remembers_shape(shape), "the first requests left a memo"
     # Seventeen other shapes push this one out of the recent shapes, and its memo and pieces with it.
     for size in range(1, 18):
         extender.replies(pod_doc("other", containers=[container("a", neuron=2), container("b", cores=size)]))
-    assert extender.view.pieces(shape, scored=True) == {}
+    assert not extender.view.remembers_shape(shape)
     extender.apply("nodes", "MODIFIED", node_doc("roomy", node_state("inf1.24xlarge", used_devices={0, 2, 4})))
     extender.replies()
