@@ -36,7 +36,7 @@ class FilterAnswer:
     unknown: int  # how many of `failed` have no usable state (for the rejection metric)
     failed_members: bytes
     unresolvable_members: bytes
-    example: str = ""  # one reason given, for the log line when no node passed
+    example: str = ""  # one failing node's specifics ("node: free IDs and rule"), for the log when none passed
 
     @classmethod
     def of(cls, names: Iterable[str], verdicts: Iterable[Verdict]) -> FilterAnswer:
@@ -46,18 +46,27 @@ class FilterAnswer:
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
         unknown: set[str] = set()  # a set: a node named twice is one node rejected
+        shown: dict[bool, tuple[str, Verdict]] = {}  # the first unresolvable (True) and failed (False) node
         for name, verdict in zip(names, verdicts, strict=True):
             if verdict.fits:
                 passed.append(name)
-            elif verdict.kind == "unresolvable":
+                continue
+            is_unresolvable = verdict.kind == "unresolvable"
+            shown.setdefault(is_unresolvable, (name, verdict))
+            if is_unresolvable:
                 unresolvable[name] = verdict.reason
             else:
                 failed[name] = verdict.reason
                 if verdict.kind == "unknown":
                     unknown.add(name)
-        example = next(iter({**unresolvable, **failed}.values()), "")
+        first = shown.get(True) or shown.get(False)
+        example = _example(*first) if first else ""
         return cls(passed, len(failed), len(unresolvable), len(unknown), _members(failed), _members(unresolvable),
                    example)  # fmt: skip
+
+
+def _example(name: str, verdict: Verdict) -> str:
+    return f"{name}: {verdict.detail or verdict.reason}"
 
 
 def _members(reasons: dict[str, str]) -> bytes:
@@ -117,7 +126,7 @@ class FilterMemo:
             len(self._unknown.intersection(failed_once)) if self._unknown else 0,
             b",".join(map(self._failed.__getitem__, failed_once)),
             b",".join(map(self._unresolvable.__getitem__, unresolvable_once)),
-            "" if example is None else self.verdicts[example].reason,
+            "" if example is None else _example(example, self.verdicts[example]),
         )
 
 

@@ -93,7 +93,8 @@ class Binder:
             return BindOutcome("unknown_node", f"node {args.node}: (unknown) node state annotations: {err}")
         verdict = judge_node(state, self._bound_elsewhere(args, bound_docs), pod.request)
         if not verdict.fits:
-            return BindOutcome(verdict.kind, f"pod {args.pod_key} no longer fits node {args.node}: {verdict.reason}")
+            because = f"{verdict.reason} ({verdict.detail})" if verdict.detail else verdict.reason
+            return BindOutcome(verdict.kind, f"pod {args.pod_key} no longer fits node {args.node}: {because}")
         try:
             await asyncio.to_thread(self._api.bind, args.pod_namespace, args.pod_name, pod.uid, args.node)
         except Exception as err:

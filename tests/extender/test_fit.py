@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extender.answers import FilterAnswer
 from extender.cache import ClusterView
 from extender.fit import Free, PendingPod, judge, judge_node
 from extender.requests import ContainerSpec, PodRequest, pod_request
@@ -111,6 +112,7 @@ def test_too_full_reason_is_short_and_the_same_on_every_node_of_a_rule() -> None
     on_inf2 = judge_node(node_state("inf2.48xlarge", used_devices=[2, 5, 8, 11]), [], four)
     assert on_inf1.reason == on_inf2.reason == "no free contiguous block of 4 devices now"
     cores = judge_node(node_state("inf2.48xlarge", used_devices=range(12)), [], single(Resource.NEURONCORE, 4))
+    assert FilterAnswer.of(["t"], [on_trn]).example == f"t: {on_trn.detail}", "the log names the node's specifics"
     assert cores.reason == "no free contiguous block of 4 NeuronCores now"
 
 

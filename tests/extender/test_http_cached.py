@@ -148,6 +148,9 @@ def test_bind_binds_and_the_next_filter_sees_it(api: tuple[FakeApiServer, Path])
             "/bind", {"PodName": "second", "PodNamespace": "default", "PodUID": "uid-default-second", "Node": "a"}
         )
         assert status == 200 and "no longer fits node a" in out["Error"]
+        # The refusal names this node's specifics: what is free (nothing) and the block rule.
+        assert "no free contiguous block of 4 devices now" in out["Error"]
+        assert "free []" in out["Error"] and "consecutive device IDs" in out["Error"], out["Error"]
         assert fake.bindings == [("default/first", "a")]
 
 
