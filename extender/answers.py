@@ -1,11 +1,11 @@
 """One request shape's memoised answers, node by node, laid out so a reply is built without a Python loop.
 
-At 5,000 nodes a Python-level step per node costs about 0.3 ms, and the first version of the hot path had
-several: look each verdict up, split them into passed and failed, build the reply dicts. Here each outcome has
-its own index, so filter's reply comes from C-level passes over the request's names:
-`filter(fits.__contains__, names)` keeps the request's order, and `map(reasons.__getitem__, ...)` fills
-FailedNodes. Prioritize's reply is joined from each node's JSON piece (`{"Host":...,"Score":...}`), encoded
-once when its verdict is recorded.
+Measured in-process at 5,000 names: the first hot path (look each verdict up, then a Python loop splitting
+passed from failed into dicts, then orjson) took about 3 ms for filter. Here each outcome has its own index and
+each failure its pre-encoded JSON member, so filter's reply comes from C-level passes over the request's names
+(`filter(fits.__contains__, names)` keeps the request's order; the members of FailedNodes are joined bytes):
+1.5-2 ms, most of it memory latency, about 100 ns a lookup on a small VM. Prioritize's reply is joined from
+each node's `{"Host":...,"Score":...}` piece, encoded once when its verdict is recorded.
 
 `ClusterView` records a node's verdict and forgets it in one call each, so an index never disagrees with the
 verdict it came from, and a piece never spells an older score than the verdict beside it.
