@@ -227,7 +227,8 @@ def parse_extender_args(doc: Any) -> ExtenderArgs:
         if malformed:
             for i, name in enumerate(names):
                 if not isinstance(name, str) or not name:
-                    raise WireError(f"NodeNames[{i}]", f"expected a node name, got {_kind(name) if name else 'empty'}")
+                    got = "an empty string" if isinstance(name, str) else _kind(name)
+                    raise WireError(f"NodeNames[{i}]", f"expected a node name, got {got}")
         return ExtenderArgs(pod=pod, nodes=None, node_names=names)
     raw_nodes = args.get("Nodes")
     if raw_nodes is None:

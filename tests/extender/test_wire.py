@@ -91,6 +91,11 @@ BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
     ("NodeNames not a list", {"Pod": pod_doc("p"), "NodeNames": "a,b"}, "NodeNames"),
     ("NodeNames entry wrong type", {"Pod": pod_doc("p"), "NodeNames": ["a", 3]}, "NodeNames[1]"),
     ("NodeNames entry empty", {"Pod": pod_doc("p"), "NodeNames": [""]}, "NodeNames[0]"),
+    (
+        "NodeNames entry zero",
+        {"Pod": pod_doc("p"), "NodeNames": ["a", 0]},
+        "NodeNames[1]: expected a node name, got int",
+    ),
     ("Nodes not an object", {"Pod": pod_doc("p"), "Nodes": [], "NodeNames": None}, "Nodes"),
     ("Nodes.items wrong type", {"Pod": pod_doc("p"), "Nodes": {"items": {}}}, "Nodes.items"),
     (
