@@ -96,14 +96,7 @@ class ClusterView:
     # ---- what the watches feed -------------------------------------------------------------------------
 
     def replace_nodes(self, docs: Iterable[Any]) -> None:
-        seen = set()
-        for doc in docs:
-            name = self.upsert_node(doc)
-            if name is not None:
-                seen.add(name)
-        for name in set(self._nodes) - seen:
-            self.delete_node(name)
-        self.mark_synced("nodes")
+        self._replace("nodes", docs, self.upsert_node, self._nodes, self.delete_node)
 
     def upsert_node(self, doc: Any) -> str | None:
         self.touch()
@@ -127,14 +120,21 @@ class ClusterView:
             self._changed(name)
 
     def replace_pods(self, docs: Iterable[Any]) -> None:
-        seen = set()
-        for doc in docs:
-            key = self.upsert_pod(doc)
-            if key is not None:
-                seen.add(key)
-        for key in set(self._pod_node) - seen:
-            self.delete_pod(key)
-        self.mark_synced("pods")
+        self._replace("pods", docs, self.upsert_pod, self._pod_node, self.delete_pod)
+
+    def _replace(
+        self,
+        kind: str,
+        docs: Iterable[Any],
+        upsert: Callable[[Any], str | None],
+        held: Mapping[str, Any],
+        delete: Callable[[str], None],
+    ) -> None:
+        """A full list: upsert every object, then delete what `held` still has that the list did not name."""
+        seen = {key for key in map(upsert, docs) if key is not None}
+        for key in set(held) - seen:
+            delete(key)
+        self.mark_synced(kind)
 
     def upsert_pod(self, doc: Any) -> str | None:
         self.touch()
