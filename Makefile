@@ -20,8 +20,9 @@ lint:
 	mypy $(PACKAGES)
 	lint-imports
 
-# The project's test command: static checks, then every tier (the cluster tier skips itself where it cannot run).
-test: lint
+# The project's test command: installs what it needs (idempotent, about 15 s once installed), static checks, then
+# every tier (the cluster tier skips itself where it cannot run).
+test: deps lint
 	$(PYTHON) -m pytest
 
 unit:
