@@ -6,7 +6,8 @@ oldest first, and taken out of the free sets. Then the pod is placed container b
 plugin's allocator, exactly as kubelet will ask for it.
 
 Verdicts:
-- fit: every block found; score 0..10 from `neuronalloc.fit_score` (size-weighted over the pod's blocks).
+- fit: every block found; score 0..10 from `neuronalloc.fit_score` (size-weighted over the pod's blocks),
+  taken with `block_fit_score` on the blocks already placed.
 - unresolvable: the pod could not be placed even on this node with every device free (a trn device count
   outside 1/4/8/16, or more than the node has). Preemption cannot help: FailedAndUnresolvableNodes.
 - no_block: the node is only too full or too fragmented now: FailedNodes.
@@ -21,7 +22,7 @@ from functools import lru_cache
 from typing import Literal
 
 from extender.requests import PodRequest, Shape, Step
-from neuronalloc import NodeState, Refusal, Resource, Rule, Topology, allocate, fit_score, free_blocks
+from neuronalloc import NodeState, Refusal, Resource, Rule, Topology, allocate, block_fit_score, free_blocks
 
 __all__ = [
     "FITS",
@@ -189,9 +190,10 @@ def _score_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
     result = _place(topo, free, shape)
     assert isinstance(result, _Placed), "checked fit but placement failed"
     weighted = weight = 0
-    for (name, size, _), _, before in result.steps:
+    for (name, size, _), block, before in result.steps:
         resource = _RESOURCES[name]
-        weighted += size * fit_score(topo, resource, before.of(resource), size)
+        # The block `_place` chose is the one `fit_score` would choose again: score it, do not re-choose.
+        weighted += size * block_fit_score(topo, resource, before.of(resource), block)
         weight += size
     score = min(10, max(1, round(weighted / weight)))
     return _ShapeVerdict("fit", score, None, tuple((_RESOURCES[s[0]], block) for s, block, _ in result.steps))

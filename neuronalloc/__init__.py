@@ -5,7 +5,7 @@ annotation codec. It does no I/O: the extender predicts a node's choice with the
 to make it, so the two cannot disagree.
 """
 
-from neuronalloc.allocator import CORE_POLICY, DEVICE_POLICY, Preference, allocate, fit_score, fragmentation_key
+from neuronalloc.allocator import CORE_POLICY, DEVICE_POLICY, Preference, allocate, block_fit_score, fit_score
 from neuronalloc.blocks import check_block, free_blocks, largest_free_block
 from neuronalloc.catalog import (
     CATALOG,
@@ -48,13 +48,13 @@ __all__ = [
     "Rule",
     "Topology",
     "allocate",
+    "block_fit_score",
     "check_block",
     "decode_node_state",
     "decode_ranges",
     "encode_node_state",
     "encode_ranges",
     "fit_score",
-    "fragmentation_key",
     "free_blocks",
     "free_sets",
     "guess_instance_type",

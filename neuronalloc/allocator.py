@@ -38,11 +38,6 @@ def whole_devices(topo: Topology, free_cores: AbstractSet[int]) -> frozenset[int
     return frozenset(d for d in range(topo.device_count) if all(c in free_cores for c in topo.cores_of_device(d)))
 
 
-def fragmentation_key(topo: Topology, resource: Resource, free: AbstractSet[int]) -> Key:
-    """A free set's usefulness, compared largest blocks first: a larger key holds larger requests."""
-    return shape_of(topo, resource, free).key()
-
-
 @dataclass(frozen=True)
 class _Request:
     """What is computed once per request and shared by every candidate block."""
@@ -186,8 +181,13 @@ def fit_score(topo: Topology, resource: Resource, free: AbstractSet[int], size: 
     chosen = _choose(topo, resource, free, size, frozenset())
     if isinstance(chosen, Refusal):
         return 0
-    broken = enclosing_block(topo, resource, frozenset(free), chosen)
-    return max(1, round(10 * size / broken))
+    return block_fit_score(topo, resource, free, chosen)
 
 
-__all__ = ["CORE_POLICY", "DEVICE_POLICY", "Preference", "WindowShape", "allocate", "fit_score", "fragmentation_key"]
+def block_fit_score(topo: Topology, resource: Resource, free: AbstractSet[int], block: Sequence[int]) -> int:
+    """`fit_score` for a block `allocate` already chose from `free`: the same score, without choosing again."""
+    broken = enclosing_block(topo, resource, free, range(block[0], block[-1] + 1))
+    return max(1, round(10 * len(block) / broken))
+
+
+__all__ = ["CORE_POLICY", "DEVICE_POLICY", "Preference", "allocate", "block_fit_score", "fit_score"]

@@ -11,6 +11,7 @@ from neuronalloc import (
     Resource,
     Topology,
     allocate,
+    block_fit_score,
     check_block,
     fit_score,
     largest_free_block,
@@ -106,6 +107,9 @@ def test_fit_score_is_in_range_and_zero_only_when_refused(
     score = fit_score(topo, resource, free, size)
     assert 0 <= score <= 10
     assert (score == 0) == isinstance(allocate(topo, resource, free, size), Refusal)
+    chosen = allocate(topo, resource, free, size)
+    if not isinstance(chosen, Refusal):
+        assert block_fit_score(topo, resource, free, chosen) == score, "scoring the chosen block is fit_score"
 
 
 INF1_6 = resolve_topology("inf1.6xlarge", 4)
