@@ -11,6 +11,7 @@ Rules checked by Allocate, in order (the first broken rule is reported):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -62,7 +63,8 @@ def _unit(resource: Resource) -> str:
 def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
     """Kubelet's ID strings as sorted ints. Raises AllocationRejected for unknown or duplicate IDs."""
     limit = topology.unit_count(resource)
-    unknown = [raw for raw in raw_ids if parse_unit_id(raw, limit) is None]
+    parsed = [parse_unit_id(raw, limit) for raw in raw_ids]
+    unknown = [raw for raw, unit in zip(raw_ids, parsed, strict=True) if unit is None]
     if unknown:
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT,
@@ -72,8 +74,8 @@ def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) ->
             if limit
             else f"unknown {resource.value} IDs [{','.join(unknown)}]: node has none",
         )
-    ids = [int(raw) for raw in raw_ids]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    ids = [unit for unit in parsed if unit is not None]  # drops nothing (unknowns raised above); narrows the type
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT,
@@ -145,7 +147,7 @@ def preferred(
     topology = view.topology
     limit = topology.unit_count(resource)
     offered = {u for u in (parse_unit_id(raw, limit) for raw in available) if u is not None}
-    required = frozenset(parse_ids(topology, resource, must_include)) if must_include else frozenset()
+    required = frozenset(parse_ids(topology, resource, must_include))
     if size <= 0:
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT, "size", "", f"allocation_size {size} for {resource.value} must be > 0"

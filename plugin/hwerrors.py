@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 _KIND = re.compile(r"NEURON_HW_ERR=([A-Za-z0-9_]+)")
@@ -64,18 +65,18 @@ class LineFollower:
             self.open_error = f"{self._path}: {error.strerror}"
             return  # not there yet, or not readable yet: try again on the next poll
         self.open_error = None
-        stat = os.fstat(fd)
-        self._fd, self._inode, self._partial = fd, (stat.st_dev, stat.st_ino), b""
+        st = os.fstat(fd)
+        self._fd, self._inode, self._partial = fd, (st.st_dev, st.st_ino), b""
         self._offset = os.lseek(fd, 0, os.SEEK_END) if at_end else 0
 
     def _replaced_or_truncated(self) -> bool:
         try:
-            stat = os.stat(self._path)
+            st = os.stat(self._path)
         except OSError:
             return False  # removed: keep reading the open file until a new one appears
-        if (stat.st_dev, stat.st_ino) != self._inode:
+        if (st.st_dev, st.st_ino) != self._inode:
             return True
-        return os.path.isfile(self._path) and stat.st_size < self._offset
+        return stat.S_ISREG(st.st_mode) and st.st_size < self._offset
 
     def read_lines(self) -> list[str]:
         if self._fd is None or self._replaced_or_truncated():

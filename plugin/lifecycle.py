@@ -48,7 +48,6 @@ class ResourceLifecycle:
         self._make_servicer = make_servicer
         self._metrics = metrics
         self._log = log.bind(resource=resource.value)
-        self.registered = asyncio.Event()
 
     async def run(self) -> None:
         """Run until cancelled. SocketInUseError (another plugin holds our socket) propagates: it is fatal."""
@@ -72,13 +71,11 @@ class ResourceLifecycle:
             retry = RETRY_MIN_SECONDS
             self._metrics.registrations.labels(self.resource.short, "ok").inc()
             self._metrics.registered.labels(self.resource.short).set(1)
-            self.registered.set()
             self._log.info("registration.ok", socket=str(server.socket_path))
             try:
                 reason = await self._watch(server, kubelet)
                 self._log.info("kubelet.restart_detected", reason=reason.value)
             finally:
-                self.registered.clear()
                 self._metrics.registered.labels(self.resource.short).set(0)
                 await server.stop()
 

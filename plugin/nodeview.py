@@ -93,18 +93,15 @@ class NodeView:
         self.holdings = PodHoldings(pods={})
         self.observed_at: datetime | None = None  # None until PodResources first answered
         self.health_changes = Changes()  # device lists for ListAndWatch
-        self.state_changes = Changes()  # anything the publisher shows
         self._refresh_lock = asyncio.Lock()
 
     # -- inputs ------------------------------------------------------------------------------------------
     def set_unhealthy(self, unhealthy: Mapping[int, str]) -> None:
         self.unhealthy = dict(unhealthy)
         self.health_changes.bump()
-        self.state_changes.bump()
 
     def record_allocation(self, resource: Resource, ids: frozenset[int]) -> None:
         self.ledger.record(resource, ids, self._clock())
-        self.state_changes.bump()
 
     async def refresh(self) -> None:
         """Read PodResources once. Concurrent callers share one read. Raises PodResourcesUnavailable."""
@@ -116,7 +113,6 @@ class NodeView:
             self.holdings = holdings
             self.observed_at = datetime.now(UTC).replace(microsecond=0)
             self.ledger.reconcile(holdings, self._clock())
-            self.state_changes.bump()
 
     # -- views -------------------------------------------------------------------------------------------
     def is_healthy(self, device: int) -> bool:
@@ -143,11 +139,15 @@ class NodeView:
             return free_sets(self.topology, (), self.used(Resource.NEURONCORE), unhealthy)[0]
         return free_sets(self.topology, self.used(Resource.NEURON), (), unhealthy)[1]
 
-    def node_state(self) -> NodeState | None:
-        """The state to publish, or None before PodResources has answered once."""
+    def node_state(self, usage: Usage | None = None) -> NodeState | None:
+        """The state to publish, or None before PodResources has answered once.
+
+        Pass `usage` when it was just computed, to spare a second free_sets over the same inputs.
+        """
         if self.observed_at is None:
             return None
-        usage = self.usage()
+        if usage is None:
+            usage = self.usage()
         return NodeState(
             topology=self.topology,
             free_devices=usage.free_devices,

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 
 from neuronalloc import encode_node_state
-from neuronalloc.nodestate import ALL_KEYS, OBSERVED_AT
+from neuronalloc.nodestate import ALL_KEYS, FREE_CORES, FREE_DEVICES, OBSERVED_AT
 from neuronlog import get_logger
 from plugin.kubeapi import KubeApiError, NodeApi
 from plugin.metrics import PluginMetrics
-from plugin.nodeview import NodeView
+from plugin.nodeview import NodeView, Usage
 from plugin.podresources import PodResourcesUnavailable
 
 log = get_logger(__name__)
@@ -73,7 +73,6 @@ class Publisher:
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._podresources_ok: bool | None = None
-        self.first_read_done = asyncio.Event()
 
     def trigger(self) -> None:
         """Ask for a PodResources read soon (after an Allocate)."""
@@ -93,21 +92,24 @@ class Publisher:
             if self._podresources_ok is not True:
                 log.info("podresources.ok", pods=len(self._view.holdings.pods))
             self._podresources_ok = True
-            self.first_read_done.set()
         except PodResourcesUnavailable as error:
             self._metrics.publish_errors.labels("podresources_unavailable").inc()
             if self._podresources_ok is not False:  # log transitions, count every failure
                 log.warning("podresources.unavailable", error=str(error))
             self._podresources_ok = False
+        usage: Usage | None = None
         if self._view.observed_at is not None:  # before PodResources answers, usage is unknown, not zero
-            self._metrics.set_usage(self._view.topology, self._view.usage())
+            usage = self._view.usage()
+            self._metrics.set_usage(self._view.topology, usage)
         if self._api is not None:
-            await self._publish(self._api)
+            await self._publish(self._api, usage)
 
-    async def _publish(self, api: NodeApi) -> None:
-        state = self._view.node_state()
+    async def _publish(self, api: NodeApi, usage: Usage | None) -> None:
         now = self._clock()
-        if state is None or now < self._next_attempt:
+        if usage is None or now < self._next_attempt:
+            return  # nothing known yet, or backing off: building the state would be wasted
+        state = self._view.node_state(usage)
+        if state is None:
             return
         desired = encode_node_state(state)
         if not needs_write(desired, self._written, now - self._written_at):
@@ -128,7 +130,7 @@ class Publisher:
         log.info(
             "publish.ok",
             node=self._node,
-            free_devices=desired.get("neuron-contig.io/free-devices", ""),
-            free_cores=desired.get("neuron-contig.io/free-cores", ""),
+            free_devices=desired.get(FREE_DEVICES, ""),
+            free_cores=desired.get(FREE_CORES, ""),
             pods=len(state.pods),
         )

@@ -16,6 +16,15 @@ KUBELET_SOCKET_NAME = "kubelet.sock"
 REGISTER_TIMEOUT_SECONDS = 15.0
 
 
+def plugin_options() -> dp_pb2.DevicePluginOptions:
+    """What this plugin implements: no PreStartContainer work, a real preferred allocation.
+
+    Register and GetDevicePluginOptions must advertise the same thing. A fresh message each call, because
+    protobuf messages are mutable.
+    """
+    return dp_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+
 class RegistrationError(RuntimeError):
     """Kubelet did not accept the registration; the message carries kubelet's answer."""
 
@@ -32,7 +41,7 @@ async def register(
         version=API_VERSION,
         endpoint=endpoint,
         resource_name=resource.value,
-        options=dp_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True),
+        options=plugin_options(),
     )
     async with grpc.aio.insecure_channel(f"unix://{kubelet_socket.absolute()}") as channel:
         try:

@@ -23,6 +23,7 @@ from plugin.allocation import AllocationRejected, Rejection
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView
 from plugin.podresources import PodResourcesUnavailable
+from plugin.registration import plugin_options
 from plugin.sockets import prepare_socket, remove_socket_if_ours, socket_identity, wait_dialable
 
 log = get_logger(__name__)
@@ -74,8 +75,7 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self, request: dp_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> dp_pb2.DevicePluginOptions:
         with self._metrics.rpc_timer("GetDevicePluginOptions", self.resource):
-            # Advertise exactly what is implemented: no PreStartContainer work, a real preferred allocation.
-            return dp_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+            return plugin_options()
 
     async def ListAndWatch(
         self, request: dp_pb2.Empty, context: grpc.aio.ServicerContext
@@ -147,17 +147,18 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
             responses = []
             for block in blocks:
                 grant = allocation.grant(self._view.topology, self._device_root, self.resource, block)
+                envs = grant.envs  # a property that encodes ranges on every read
                 self._view.record_allocation(self.resource, frozenset(block))
                 self._metrics.allocations.labels(self.resource.short, "ok").inc()
                 self._log.info(
                     "allocate.granted",
                     ids=",".join(map(str, block)),
-                    devices=grant.envs["AWS_NEURON_VISIBLE_DEVICES"],
-                    cores=grant.envs["NEURON_RT_VISIBLE_CORES"],
+                    devices=envs["AWS_NEURON_VISIBLE_DEVICES"],
+                    cores=envs["NEURON_RT_VISIBLE_CORES"],
                 )
                 responses.append(
                     dp_pb2.ContainerAllocateResponse(
-                        envs=grant.envs,
+                        envs=envs,
                         devices=[
                             dp_pb2.DeviceSpec(host_path=host, container_path=container_path, permissions="rw")
                             for host, container_path in grant.device_paths
