@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from extender.fit import Verdict
+from extender.wire import encode_members
 
 __all__ = ["FilterAnswer", "FilterMemo", "ScoreMemo", "ShapeMemos", "encode_priority_list", "score_piece"]
 
@@ -61,21 +62,16 @@ class FilterAnswer:
                     unknown.add(name)
         first = shown.get(True) or shown.get(False)
         example = _example(*first) if first else ""
-        return cls(passed, len(failed), len(unresolvable), len(unknown), _members(failed), _members(unresolvable),
-                   example)  # fmt: skip
+        failed_members, unresolvable_members = encode_members(failed), encode_members(unresolvable)
+        return cls(passed, len(failed), len(unresolvable), len(unknown), failed_members, unresolvable_members, example)
 
 
 def _example(name: str, verdict: Verdict) -> str:
     return f"{name}: {verdict.detail or verdict.reason}"
 
 
-def _members(reasons: dict[str, str]) -> bytes:
-    return orjson.dumps(reasons)[1:-1]
-
-
 def _member(name: str, reason: str) -> bytes:
-    """`"name":"reason"`, exactly as orjson writes it inside a whole object."""
-    return orjson.dumps({name: reason})[1:-1]
+    return encode_members({name: reason})
 
 
 class FilterMemo:

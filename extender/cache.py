@@ -54,7 +54,6 @@ def active_pending_pod(pod: PodInfo) -> PendingPod | None:
 
 @dataclass
 class _Node:
-    name: str
     key: StateKey
     state: NodeState | None
     problem: str  # why `state` is None
@@ -64,7 +63,6 @@ class _Node:
 class _Remembered:
     node: str
     pod: PendingPod
-    uid: str
     at: float
 
 
@@ -73,7 +71,6 @@ class ClusterView:
         self._clock = clock
         self._binding_ttl = binding_ttl
         self._nodes: dict[str, _Node] = {}
-        self._pods: dict[str, PendingPod] = {}  # pod key -> claim, for pods bound and active
         self._pod_node: dict[str, str] = {}  # pod key -> node name
         self._pods_on: dict[str, dict[str, PendingPod]] = {}  # node name -> pod key -> claim
         self._pods_version: dict[str, int] = {}  # node name -> bumps when its pod set changes
@@ -110,7 +107,7 @@ class ClusterView:
         if entry is not None and entry.key == key:
             return node.name
         state, problem = self._decode(key)
-        self._nodes[node.name] = _Node(node.name, key, state, problem)
+        self._nodes[node.name] = _Node(key, state, problem)
         self._changed(node.name)
         return node.name
 
@@ -152,11 +149,10 @@ class ClusterView:
             self.delete_pod(pod.key)
             return pod.key
         old_node = self._pod_node.get(pod.key)
-        if old_node == pod.node_name and self._pods.get(pod.key) == claim:
+        if old_node == pod.node_name and self._pods_on.get(pod.node_name, {}).get(pod.key) == claim:
             return pod.key
         if old_node is not None:
             self._unlink(pod.key, old_node)
-        self._pods[pod.key] = claim
         self._pod_node[pod.key] = pod.node_name
         self._pods_on.setdefault(pod.node_name, {})[pod.key] = claim
         self._bump_pods(pod.node_name)
@@ -176,7 +172,7 @@ class ClusterView:
         claim = PendingPod(pod.key, pod.created, pod.request)
         if pod.request.empty or self._pod_node.get(pod.key) == node:
             return
-        self._remembered[pod.key] = _Remembered(node, claim, pod.uid, self._clock())
+        self._remembered[pod.key] = _Remembered(node, claim, self._clock())
         self._bump_pods(node)
 
     def remembered_on(self, node: str) -> tuple[PendingPod, ...]:
@@ -341,8 +337,8 @@ class ClusterView:
         return self._judge(name, entry.state, entry.problem, request, scored)
 
     def verdict_for(self, node: NodeInfo, request: PodRequest, *, scored: bool = True) -> Verdict:
-        """Nodes mode: the verdict from the annotations in the request (plus pods the cache knows are bound)."""
-        self.expire_remembered()
+        """Nodes mode: the verdict from the annotations in the request (plus pods the cache knows are bound).
+        Called once per node: the caller expires remembered bindings once per request (`expire_remembered`)."""
         key = state_key(node.annotations)
         memo_key = (key, self._pods_version.get(node.name, 0), request.shape, scored)
         found = self._request_memo.get(memo_key)
@@ -383,7 +379,6 @@ class ClusterView:
         return (None, decoded) if isinstance(decoded, str) else (decoded, "")
 
     def _unlink(self, key: str, node: str) -> None:
-        self._pods.pop(key, None)
         on_node = self._pods_on.get(node)
         if on_node is not None and on_node.pop(key, None) is not None:
             if not on_node:

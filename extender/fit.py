@@ -228,30 +228,22 @@ def judge(topo: Topology, free: Free, request: PodRequest, *, scored: bool = Tru
     return Verdict(found.kind, 0, reason, detail=refusal.message)
 
 
-def account_pending(
-    topo: Topology, free: Free, pending: Iterable[PendingPod]
-) -> tuple[Free, tuple[tuple[str, str], ...]]:
-    """Take the predicted blocks of bound-but-unpublished pods out of `free`, oldest first.
-
-    Returns the free sets left and, for pods whose block cannot be predicted (the node will refuse them at
-    admission), (pod key, why) so the caller can log it; those pods take nothing.
-    """
-    unpredictable: list[tuple[str, str]] = []
+def account_pending(topo: Topology, free: Free, pending: Iterable[PendingPod]) -> Free:
+    """The free sets left after the predicted blocks of bound-but-unpublished pods, oldest first. A pod whose
+    block cannot be predicted takes nothing: the node will refuse it at admission."""
     for pod in sorted(pending, key=lambda p: (p.created, p.key)):
         kept = tuple(step for step in pod.request.shape if step[2])
         result = _place(topo, free, kept)
-        if isinstance(result, _Failed):
-            unpredictable.append((pod.key, result.refusal.message))
-            continue
-        free = result.free_after
-    return free, tuple(unpredictable)
+        if not isinstance(result, _Failed):
+            free = result.free_after
+    return free
 
 
 def judge_node(state: NodeState, pending: Iterable[PendingPod], request: PodRequest, *, scored: bool = True) -> Verdict:
     """The verdict for `request` on a node whose published state is `state`, with `pending` bound to it."""
     accounted = state.pods
     unaccounted = [p for p in pending if p.key not in accounted]
-    free, _ = account_pending(
+    free = account_pending(
         state.topology, Free(frozenset(state.free_devices), frozenset(state.free_cores)), unaccounted
     )
     return judge(state.topology, free, request, scored=scored)

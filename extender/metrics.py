@@ -13,7 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from neuronalloc import Resource
 
-__all__ = ["CONTENT_TYPE_LATEST", "RESULTS", "VERBS", "ExtenderMetrics", "RejectReason", "Result"]
+__all__ = ["CONTENT_TYPE_LATEST", "REJECT_REASONS", "RESULTS", "VERBS", "ExtenderMetrics", "RejectReason", "Result"]
 
 VERBS = ("filter", "prioritize", "bind")
 RESULTS = ("ok", "bad_request", "error")

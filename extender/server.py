@@ -20,7 +20,7 @@ from aiohttp import web
 from extender.answers import FilterAnswer
 from extender.bind import Binder
 from extender.cache import ClusterView
-from extender.metrics import CONTENT_TYPE_LATEST, ExtenderMetrics
+from extender.metrics import CONTENT_TYPE_LATEST, REJECT_REASONS, VERBS, ExtenderMetrics
 from extender.wire import (
     ExtenderArgs,
     WireError,
@@ -40,8 +40,7 @@ __all__ = ["ServerSettings", "build_app", "build_metrics_app", "filter_answer", 
 log = get_logger(__name__)
 
 _JSON = "application/json"
-_VERBS = {"/filter": "filter", "/prioritize": "prioritize", "/bind": "bind"}
-_REJECT_REASON = {"no_block": "no_block", "unresolvable": "unresolvable", "unknown": "unknown_node"}  # for bind
+_VERBS = {f"/{verb}": verb for verb in VERBS}
 _STANDALONE = (
     "the extender runs with --standalone (no API server): it has no node cache, so it answers only "
     "Nodes-mode requests (nodeCacheCapable: false) and cannot bind"
@@ -76,6 +75,7 @@ def filter_answer(view: ClusterView, args: ExtenderArgs) -> FilterAnswer:
     if args.node_names is not None:
         return view.filter_answer(args.node_names, request)
     nodes = args.nodes or ()
+    view.expire_remembered()
     return FilterAnswer.of((n.name for n in nodes), (view.verdict_for(n, request, scored=False) for n in nodes))
 
 
@@ -85,6 +85,7 @@ def priority_reply(view: ClusterView, args: ExtenderArgs) -> bytes:
     if args.node_names is not None:
         return view.priority_reply(args.node_names, request)
     nodes = args.nodes or ()
+    view.expire_remembered()
     return encode_priorities((n.name, view.verdict_for(n, request, scored=True).score) for n in nodes)
 
 
@@ -164,7 +165,7 @@ def build_app(
         outcome = await binder.bind(args)
         if not outcome.ok:
             request["result"] = "error"
-            if outcome.reason in _REJECT_REASON.values():
+            if outcome.reason in REJECT_REASONS:
                 metrics.rejected(outcome.reason)
         return _json_response(encode_binding_result(outcome.error))
 

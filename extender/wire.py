@@ -28,6 +28,7 @@ __all__ = [
     "encode_error",
     "encode_filter_reply",
     "encode_filter_result",
+    "encode_members",
     "encode_priorities",
     "parse_binding_args",
     "parse_extender_args",
@@ -258,8 +259,12 @@ def encode_filter_result(
     error: str = "",
 ) -> bytes:
     """ExtenderFilterResult in the request's own mode. `passed` keeps the request's order."""
-    return encode_filter_reply(args, passed, orjson.dumps(dict(failed))[1:-1],
-                               orjson.dumps(dict(unresolvable))[1:-1], error)  # fmt: skip
+    return encode_filter_reply(args, passed, encode_members(failed), encode_members(unresolvable), error)
+
+
+def encode_members(reasons: Mapping[str, str]) -> bytes:
+    """The members of a JSON object, `"n1":"why","n2":"why"`, exactly as orjson writes them in a whole one."""
+    return orjson.dumps(dict(reasons))[1:-1]
 
 
 def encode_filter_reply(
