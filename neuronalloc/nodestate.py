@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from neuronalloc.catalog import resolve_topology, with_cores_per_device
@@ -54,8 +54,6 @@ class NodeState:
     unhealthy_devices: frozenset[int]
     pods: Mapping[str, PodHolding]  # "namespace/name" -> holding
     observed_at: datetime
-    # The raw annotation strings, kept so that readers can tell two states apart cheaply.
-    fingerprint: tuple[str, ...] = field(default=(), compare=False)
 
 
 def format_time(moment: datetime) -> str:
@@ -153,5 +151,4 @@ def decode_node_state(annotations: Mapping[str, str]) -> NodeState:
         unhealthy_devices=unhealthy,
         pods=pods,
         observed_at=observed,
-        fingerprint=tuple(annotations.get(key, "") for key in ALL_KEYS),
     )
