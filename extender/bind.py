@@ -111,10 +111,7 @@ class Binder:
             except WireError as err:
                 log.warning("bind.pod_skipped", node=args.node, rule="pod object shape", error=str(err))
                 continue
-            if claim is not None and claim.key != args.pod_key:
+            if claim is not None:
                 claims[claim.key] = claim
         self._view.expire_remembered()
-        for claim in self._view.remembered_on(args.node):
-            if claim.key != args.pod_key:
-                claims.setdefault(claim.key, claim)
-        return list(claims.values())
+        return [c for c in self._view.with_remembered(args.node, claims) if c.key != args.pod_key]

@@ -352,9 +352,12 @@ class ClusterView:
 
     def pending_on(self, node: str) -> tuple[PendingPod, ...]:
         """Every pod bound to the node as far as this replica knows (watch + its own recent bindings)."""
-        watched = tuple(self._pods_on.get(node, {}).values())
-        remembered = tuple(p for p in self.remembered_on(node) if p.key not in self._pods_on.get(node, {}))
-        return watched + remembered
+        return self.with_remembered(node, self._pods_on.get(node, {}))
+
+    def with_remembered(self, node: str, known: Mapping[str, PendingPod]) -> tuple[PendingPod, ...]:
+        """The `known` claims on the node (pod key -> claim), then this replica's bindings to it that `known`
+        does not hold yet."""
+        return (*known.values(), *(p for p in self.remembered_on(node) if p.key not in known))
 
     # ---- internals -------------------------------------------------------------------------------------
 

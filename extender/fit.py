@@ -22,7 +22,16 @@ from functools import lru_cache
 from typing import Literal
 
 from extender.requests import PodRequest, Shape, Step
-from neuronalloc import NodeState, Refusal, Resource, Rule, Topology, allocate, block_fit_score, free_blocks
+from neuronalloc import (
+    NodeState,
+    Refusal,
+    Resource,
+    Topology,
+    allocate,
+    block_fit_score,
+    free_blocks,
+    is_aligned,
+)
 
 __all__ = [
     "FITS",
@@ -183,12 +192,14 @@ def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
 
 @lru_cache(maxsize=100_000)
 def _score_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
-    """The full verdict: the allocator's blocks and the size-weighted `fit_score` of each."""
-    checked = _check_shape(topo, free, shape)
-    if checked.kind != "fit":
-        return checked
+    """The full verdict: the allocator's blocks and the size-weighted `fit_score` of each. The placement itself
+    tells fit from no fit (a failed step is what `_check_shape` reports too), so it runs once."""
+    impossible = _unresolvable(topo, shape)
+    if impossible is not None:
+        return impossible
     result = _place(topo, free, shape)
-    assert isinstance(result, _Placed), "checked fit but placement failed"
+    if isinstance(result, _Failed):
+        return _ShapeVerdict("no_block", 0, result, ())
     weighted = weight = 0
     for (name, size, _), block, before in result.steps:
         resource = _RESOURCES[name]
@@ -221,10 +232,9 @@ def judge(topo: Topology, free: Free, request: PodRequest, *, scored: bool = Tru
     # Short and free of the instance type, on purpose: FailedNodes carries one reason per failing node (the
     # largest part of filter's reply at 5,000 nodes), and kube-scheduler's event counts nodes per distinct
     # reason, so one wording per shape and rule gives one line. The rule and this node's free IDs are in `detail`.
-    aligned = need.resource is Resource.NEURON and topo.rule is Rule.ALIGNED
-    unit = "devices" if need.resource is Resource.NEURON else "NeuronCores"
     block = f" for {which.rstrip(': ')}" if which else ""
-    reason = f"no free {'aligned' if aligned else 'contiguous'} block of {need.size} {unit}{block} now"
+    kind = "aligned" if is_aligned(topo, need.resource) else "contiguous"
+    reason = f"no free {kind} block of {need.size} {need.resource.units}{block} now"
     return Verdict(found.kind, 0, reason, detail=refusal.message)
 
 

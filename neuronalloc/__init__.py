@@ -6,7 +6,7 @@ to make it, so the two cannot disagree.
 """
 
 from neuronalloc.allocator import CORE_POLICY, DEVICE_POLICY, Preference, allocate, block_fit_score, fit_score
-from neuronalloc.blocks import check_block, free_blocks, largest_free_block
+from neuronalloc.blocks import check_block, free_blocks, is_aligned, largest_free_block
 from neuronalloc.catalog import (
     CATALOG,
     UNKNOWN_INSTANCE_TYPE,
@@ -58,6 +58,7 @@ __all__ = [
     "free_blocks",
     "free_sets",
     "guess_instance_type",
+    "is_aligned",
     "largest_free_block",
     "lookup_instance_type",
     "resolve_topology",

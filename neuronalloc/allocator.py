@@ -140,7 +140,7 @@ def _choose(
         if block.start <= low and high < block.stop  # a block is contiguous: holding both ends holds all
     ]
     if not candidates:
-        unit = "devices" if resource is Resource.NEURON else "NeuronCores"
+        unit = resource.units
         holding = f" holding [{encode_ranges(must_include)}]" if must_include else ""
         free_text = encode_ranges(request.free)
         return Refusal("no_block", rule, f"no free block of {size} {unit}{holding} in free [{free_text}]: {rule}")

@@ -21,7 +21,7 @@ def is_aligned(topo: Topology, resource: Resource) -> bool:
 def size_refusal(topo: Topology, resource: Resource, size: int) -> Refusal | None:
     """A refusal if no free state of this node could ever hold a block of `size`, else None."""
     rule = topo.describe_rule(resource)
-    unit = "devices" if resource is Resource.NEURON else "NeuronCores"
+    unit = resource.units
     if size < 1:
         return Refusal("invalid", rule, f"{size} {unit} requested: a request is at least 1 ({topo.instance_type})")
     total = topo.unit_count(resource)

@@ -56,10 +56,6 @@ class Grant:
         }
 
 
-def _unit(resource: Resource) -> str:
-    return "device" if resource is Resource.NEURON else "NeuronCore"
-
-
 def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
     """Kubelet's ID strings as sorted ints. Raises AllocationRejected for unknown or duplicate IDs."""
     limit = topology.unit_count(resource)
@@ -70,7 +66,7 @@ def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) ->
             Rejection.INVALID_ARGUMENT,
             "unknown_id",
             ",".join(unknown),
-            f"unknown {resource.value} IDs [{','.join(unknown)}]: this node has {_unit(resource)}s 0-{limit - 1}"
+            f"unknown {resource.value} IDs [{','.join(unknown)}]: this node has {resource.units} 0-{limit - 1}"
             if limit
             else f"unknown {resource.value} IDs [{','.join(unknown)}]: node has none",
         )
