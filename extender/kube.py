@@ -26,7 +26,8 @@ log = get_logger(__name__)
 Kind = Literal["nodes", "pods"]
 KINDS: tuple[Kind, ...] = ("nodes", "pods")
 # Pods that hold devices are bound and not finished; the server-side selector keeps the watch small.
-_ACTIVE_BOUND_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+_UNFINISHED = "status.phase!=Succeeded,status.phase!=Failed"
+_ACTIVE_BOUND_PODS = f"spec.nodeName!=,{_UNFINISHED}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +57,7 @@ class KubeApi:
 
     def list_objects(self, kind: Kind) -> tuple[list[Any], str]:
         """Every object and the list's resourceVersion, from a consistent (quorum) read."""
-        if kind == "nodes":
-            response = self._api.list_node(_preload_content=False, _request_timeout=self._timeout)
-        else:
-            response = self._api.list_pod_for_all_namespaces(
-                field_selector=_ACTIVE_BOUND_PODS, _preload_content=False, _request_timeout=self._timeout
-            )
-        doc = self._json(response)
+        doc = self._json(self._list(kind, _preload_content=False, _request_timeout=self._timeout))
         return list(doc.get("items") or ()), str((doc.get("metadata") or {}).get("resourceVersion", ""))
 
     def open_watch(self, kind: Kind, resource_version: str, timeout_seconds: int) -> Any:
@@ -76,9 +71,13 @@ class KubeApi:
             # Connect timeout, then no read timeout: the server ends the watch after timeout_seconds.
             "_request_timeout": (self._seconds, timeout_seconds + self._seconds),
         }
+        return self._list(kind, **common)
+
+    def _list(self, kind: Kind, **options: Any) -> Any:
+        """One list call (a watch, with watch=True) for `kind`; pods only those that can hold devices."""
         if kind == "nodes":
-            return self._api.list_node(**common)
-        return self._api.list_pod_for_all_namespaces(field_selector=_ACTIVE_BOUND_PODS, **common)
+            return self._api.list_node(**options)
+        return self._api.list_pod_for_all_namespaces(field_selector=_ACTIVE_BOUND_PODS, **options)
 
     def get_node(self, name: str) -> Any:
         return self._json(self._api.read_node(name, _preload_content=False, _request_timeout=self._timeout))
@@ -90,7 +89,7 @@ class KubeApi:
 
     def pods_on_node(self, node: str) -> list[Any]:
         response = self._api.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed",
+            field_selector=f"spec.nodeName={node},{_UNFINISHED}",
             _preload_content=False,
             _request_timeout=self._timeout,
         )
