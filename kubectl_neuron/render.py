@@ -15,6 +15,7 @@ from typing import Any
 
 from kubectl_neuron.view import ClusterView, DeviceCell, DeviceStatus, NodeView, PendingPod
 from neuronalloc import encode_ranges
+from neuronalloc.nodestate import format_time
 
 FREE_GLYPH = "."
 UNHEALTHY_GLYPH = "X"
@@ -170,7 +171,7 @@ def render_table(view: ClusterView, *, wide: bool = False, width: int = 200) -> 
 
 
 def _time(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+    return format_time(moment) if moment else None  # the annotations' own format
 
 
 def node_json(node: NodeView) -> dict[str, Any]:

@@ -100,10 +100,15 @@ class ClusterView:
 # ---- nodes --------------------------------------------------------------------------------------------
 
 
+def _published(annotations: Obj) -> bool:
+    """Whether the plugin has written any of its annotations on the node."""
+    return any(key.startswith(ANNOTATION_PREFIX) for key in annotations)
+
+
 def is_neuron_node(node: Obj) -> bool:
     """A node the plugin publishes for, advertises Neuron capacity, or has a Neuron instance type."""
     meta = node.get("metadata", {})
-    if any(key.startswith(ANNOTATION_PREFIX) for key in (meta.get("annotations") or {})):
+    if _published(meta.get("annotations") or {}):
         return True
     capacity = (node.get("status") or {}).get("capacity") or {}
     if any(resource.value in capacity for resource in Resource):
@@ -150,7 +155,7 @@ def build_node(node: Obj, now: datetime) -> NodeView:
         ready=bool(ready_cond and ready_cond.get("status") == "True"),
         schedulable=not (node.get("spec") or {}).get("unschedulable", False),
     )
-    if not any(key.startswith(ANNOTATION_PREFIX) for key in annotations):
+    if not _published(annotations):
         return replace(base, error="no neuron-contig.io/ annotations: is the device plugin running here?")
     try:
         state = decode_node_state(annotations)
