@@ -124,7 +124,8 @@ class PluginMetrics:
         self.largest_free_block.labels(Resource.NEURONCORE.short).set(
             largest_free_block(topology, Resource.NEURONCORE, usage.free_cores)
         )
-        self.set_device_health(topology, unhealthy)
+        # device_healthy is not rewritten here, every poll: it changes only on a health change, and
+        # `set_device_health` is called then (and once at start), from the same set `usage` carries.
 
     def set_device_health(self, topology: Topology, unhealthy: Collection[int]) -> None:
         for device in range(topology.device_count):
