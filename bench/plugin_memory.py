@@ -14,7 +14,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.plugin.harness import fake_cluster, free_port  # noqa: E402
+from tests.cluster.processes import free_port  # noqa: E402
+from tests.plugin.api_stub import write_kubeconfig  # noqa: E402
+from tests.plugin.harness import fake_cluster  # noqa: E402
 
 GOAL_MIB = 50.0
 SETTLE_SECONDS = 5.0
@@ -46,12 +48,7 @@ def main() -> None:
     with fake_cluster(16, core_count=2) as cluster:
         # Everything on: metrics endpoint, and publishing through a kubeconfig (to a port nobody serves, so
         # the publisher also carries its retry state) - the resident set of a fully configured daemon.
-        kubeconfig = cluster.root / "kubeconfig"
-        kubeconfig.write_text(
-            '{"current-context": "c", "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],'
-            f' "clusters": [{{"name": "c", "cluster": {{"server": "http://127.0.0.1:{free_port()}"}}}}],'
-            ' "users": [{"name": "u", "user": {"token": "t"}}]}'
-        )
+        kubeconfig = write_kubeconfig(cluster.root, f"http://127.0.0.1:{free_port()}", {"token": "t"})
         extra = ["--metrics-port", str(free_port()), "--kubeconfig", str(kubeconfig), "--log-level", "warning"]
         plugin = cluster.start_plugin("", extra)
         for resource in ("aws.amazon.com/neuron", "aws.amazon.com/neuroncore"):

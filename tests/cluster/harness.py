@@ -32,7 +32,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from neuronalloc import ANNOTATION_PREFIX, lookup_instance_type
+from neuronalloc import Topology, lookup_instance_type, resolve_topology
+from neuronalloc.nodestate import FREE_DEVICES
 from plugin._proto.podresources.v1 import api_pb2 as pr_pb2
 from plugin._proto.podresources.v1 import api_pb2_grpc as pr_grpc
 from tests.cluster.processes import ManagedProcess, free_port, wait_for
@@ -46,7 +47,6 @@ OUR_SCHEDULER = "neuron-contig-scheduler"
 STOCK_SCHEDULER = "default-scheduler"
 POOL_LABEL = "neuron-contig.test/pool"
 NEURON = "aws.amazon.com/neuron"
-NEURONCORE = "aws.amazon.com/neuroncore"
 ADMIN_TOKEN = "neuronsim-admin-token"  # loopback-only test cluster
 STARTUP_TIMEOUT = 90.0
 
@@ -83,7 +83,7 @@ class SimNode:
     name: str
     instance_type: str
     devices: int
-    cores_per_device: int
+    topology: Topology  # resolve_topology(instance_type, devices): the rule and core layout
     pool: str | None
     kubelet_dir: Path  # becomes /var/lib/kubelet inside the node's mount namespace
     device_root: Path  # fake /dev: plain files neuron0..neuronN-1
@@ -340,7 +340,7 @@ class Cluster:
             name=name,
             instance_type=instance_type,
             devices=row.devices,
-            cores_per_device=row.cores_per_device,
+            topology=resolve_topology(instance_type, row.devices),
             pool=pool,
             kubelet_dir=base / "kubelet",
             device_root=base / "dev",
@@ -437,7 +437,7 @@ class Cluster:
                 return False
             if node.plugin_kind is PluginKind.OURS:
                 annotations = obj.metadata.annotations or {}
-                return f"{ANNOTATION_PREFIX}free-devices" in annotations
+                return FREE_DEVICES in annotations
             return True
 
         procs = [node.kubelet] + ([node.plugin] if node.plugin else [])

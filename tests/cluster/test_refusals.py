@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neuronalloc import Resource, allocate, resolve_topology
+from neuronalloc import Resource, allocate
 from neuronalloc.blocks import size_refusal
 from tests.cluster.processes import wait_for
 from tests.cluster.workload import Pool, pending_pods, settle
@@ -12,7 +12,7 @@ def test_trn1_size_3_stays_pending_with_the_rule(pool: Pool) -> None:
     """A trn1 pod of 3 devices can never be placed: the extender marks the node unresolvable and says why."""
     node = pool.add_node("trn1", "trn1.32xlarge")
     name = pool.create("trn-3", Resource.NEURON, 3)
-    refusal = size_refusal(resolve_topology(node.instance_type, node.devices), Resource.NEURON, 3)
+    refusal = size_refusal(node.topology, Resource.NEURON, 3)
     assert refusal is not None and refusal.kind == "unresolvable"
     message = pool.wait_scheduling_message(name, refusal.message)
     assert refusal.rule in message
@@ -34,8 +34,7 @@ def test_burst_at_a_nearly_full_node_overcommits_nothing(pool: Pool) -> None:
     pool.delete(*freed)
     pool.wait_node_state(node.name, f"free devices are {sorted(free)}", lambda s: s.free_devices == free)
 
-    topology = resolve_topology(node.instance_type, node.devices)
-    refusal = allocate(topology, Resource.NEURON, free, 3)
+    refusal = allocate(node.topology, Resource.NEURON, free, 3)
     assert not isinstance(refusal, tuple) and refusal.kind == "no_block"
     threes = [pool.create(f"three-{i}", Resource.NEURON, 3) for i in range(2)]
     for name in threes:

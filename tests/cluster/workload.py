@@ -12,7 +12,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from neuronalloc import Resource, check_block, decode_node_state, encode_ranges, resolve_topology
+from neuronalloc import Resource, check_block, decode_node_state, encode_ranges
 from neuronalloc.nodestate import NodeState
 from tests.cluster.harness import OUR_SCHEDULER, POOL_LABEL, Cluster, PluginKind, SimNode
 from tests.cluster.processes import WaitTimeout, wait_for
@@ -215,13 +215,13 @@ class Pool:
         ids = alloc.of(resource)
         assert len(ids) == count, f"{alloc.pod}: wanted {count} {resource.short}, got {ids}"
         assert is_consecutive(ids), f"{alloc.pod}: non-contiguous {resource.short} IDs {ids} on {alloc.node}"
-        topology = resolve_topology(node.instance_type, node.devices)
+        topology = node.topology
         refusal = check_block(topology, resource, ids)
         assert refusal is None, f"{alloc.pod}: block {ids} on {node.instance_type} breaks the rule: {refusal}"
         devices = sorted(topology.devices_of_cores(ids)) if resource is Resource.NEURONCORE else sorted(ids)
         assert alloc.device_paths == tuple(sorted(f"/dev/neuron{d}" for d in devices)), alloc
-        cores = ids if resource is Resource.NEURONCORE else [c for d in ids for c in topology.cores_of_device(d)]
-        assert alloc.envs.get("NEURON_RT_VISIBLE_CORES") == _range_text(cores), alloc
+        cores = ids if resource is Resource.NEURONCORE else topology.cores_of_devices(ids)
+        assert alloc.envs.get("NEURON_RT_VISIBLE_CORES") == encode_ranges(cores), alloc
 
     def assert_no_overcommit(self) -> None:
         """No device or core is held twice among Running pods, and no device is held whole while a core of
@@ -233,8 +233,7 @@ class Pool:
             if pod.status.phase != "Running":
                 continue
             alloc = self.allocation(pod.metadata.name)
-            node = self.nodes[alloc.node]
-            topology = resolve_topology(node.instance_type, node.devices)
+            topology = self.nodes[alloc.node].topology
             for device in alloc.of(Resource.NEURON):
                 other = whole.setdefault((alloc.node, device), alloc.pod)
                 assert other == alloc.pod, f"device {device} on {alloc.node}: held by {other} and {alloc.pod}"
@@ -267,10 +266,6 @@ def pending_pods(pool: Pool) -> list[str]:
 def settle(seconds: float) -> None:
     """Give the scheduler time to act on what it can; used only before asserting something did NOT happen."""
     time.sleep(seconds)
-
-
-def _range_text(ids: Iterable[int]) -> str:
-    return encode_ranges(frozenset(ids))
 
 
 def _dns_label(text: str) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.plugin.api_stub import write_kubeconfig
+
 from .serving import served
 
 
@@ -70,16 +72,17 @@ class FakeApiServer:
     def _delete(self, kind: str, key: str) -> None:
         obj = self.objects[kind].pop(key, None)
         if obj is not None:
-            self.rv += 1
-            obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
-            self.events.append((self.rv, kind, "DELETED", obj))
-            self._notify()
+            self._event(kind, "DELETED", obj)
 
     def _record(self, kind: str, kind_type: str, key: str, obj: dict[str, Any]) -> None:
+        self.objects[kind][key] = obj
+        self._event(kind, kind_type, obj)
+
+    def _event(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
+        """Bump the resource version, stamp it on `obj`, log a copy as a watch event and wake the watchers."""
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        self.objects[kind][key] = obj
-        self.events.append((self.rv, kind, kind_type, copy.deepcopy(obj)))
+        self.events.append((self.rv, kind, event_type, copy.deepcopy(obj)))
         self._notify()
 
     def _compact(self) -> None:
@@ -233,11 +236,4 @@ def fake_apiserver(tmp: Path) -> Iterator[tuple[FakeApiServer, Path]]:
     """Serve a FakeApiServer on loopback; yield it and a kubeconfig file that points at it."""
     fake = FakeApiServer()
     with served(fake.app) as (base, _):
-        kubeconfig = tmp / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-            f"clusters:\n- name: fake\n  cluster:\n    server: {base}\n"
-            "contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
-            "users:\n- name: fake\n  user:\n    token: not-a-secret\n"
-        )
-        yield fake, kubeconfig
+        yield fake, write_kubeconfig(tmp, base, {"token": "not-a-secret"})

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.plugin.api_stub import write_kubeconfig
+
 Obj = dict[str, Any]
 
-_LISTS = {"/api/v1/nodes": ("NodeList", "nodes"), "/api/v1/pods": ("PodList", "pods"),
-          "/api/v1/events": ("EventList", "events")}
+_LISTS = {
+    "/api/v1/nodes": ("NodeList", "nodes"),
+    "/api/v1/pods": ("PodList", "pods"),
+    "/api/v1/events": ("EventList", "events"),
+}
 
 
 @dataclass
@@ -72,7 +77,7 @@ def _selector_terms(text: str) -> list[tuple[str, str]]:
 def _matches(obj: Obj, resource: str, field_selector: str, label_selector: str) -> bool:
     for key, value in _selector_terms(field_selector):
         if key not in _SUPPORTED_FIELDS[resource]:
-            raise ValueError(f'field label not supported: {key}')
+            raise ValueError(f"field label not supported: {key}")
         if _field(obj, key) != value:
             return False
     labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -94,8 +99,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _status(self, code: int, reason: str, message: str) -> None:
-        self._send(code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                          "message": message, "reason": reason, "code": code})
+        self._send(
+            code,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": message,
+                "reason": reason,
+                "code": code,
+            },
+        )
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -111,8 +126,11 @@ class _Handler(BaseHTTPRequestHandler):
         kind, resource = _LISTS[url.path]
         items: Sequence[Obj] = getattr(self.cluster, resource)
         try:
-            selected = [o for o in items
-                        if _matches(o, resource, query.get("fieldSelector", ""), query.get("labelSelector", ""))]
+            selected = [
+                o
+                for o in items
+                if _matches(o, resource, query.get("fieldSelector", ""), query.get("labelSelector", ""))
+            ]
         except ValueError as err:
             self._status(400, "BadRequest", str(err))
             return
@@ -120,9 +138,15 @@ class _Handler(BaseHTTPRequestHandler):
         limit = min(int(query.get("limit") or len(selected) or 1), self.cluster.max_page)
         page = selected[start : start + limit]
         more = start + limit < len(selected)
-        self._send(200, {"kind": kind, "apiVersion": "v1",
-                         "metadata": {"resourceVersion": "4242", **({"continue": str(start + limit)} if more else {})},
-                         "items": page})
+        self._send(
+            200,
+            {
+                "kind": kind,
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": "4242", **({"continue": str(start + limit)} if more else {})},
+                "items": page,
+            },
+        )
 
     def _refuse(self) -> None:
         self.cluster.requests.append(Recorded(self.command, urlsplit(self.path).path, {}))
@@ -139,19 +163,8 @@ def serve(cluster: FakeCluster, kubeconfig_dir: Path) -> Iterator[Path]:
     thread = threading.Thread(target=server.serve_forever, name="fake-apiserver", daemon=True)
     thread.start()
     try:
-        yield write_kubeconfig(kubeconfig_dir, f"http://127.0.0.1:{server.server_address[1]}")
+        yield write_kubeconfig(kubeconfig_dir, f"http://127.0.0.1:{server.server_address[1]}", {"token": "fake-token"})
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-def write_kubeconfig(directory: Path, server_url: str) -> Path:
-    path = directory / "kubeconfig.json"  # JSON is YAML: no YAML writer needed
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": server_url}}],
-        "users": [{"name": "reader", "user": {"token": "fake-token"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "reader"}}],
-    }))
-    return path

@@ -10,8 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.plugin.harness import free_port
-
 
 class FakeApiServer:
     def __init__(self, labels: dict[str, str] | None = None) -> None:
@@ -50,8 +48,8 @@ class FakeApiServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: the kernel picks a free one
+        self.port: int = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def patches(self) -> list[dict[str, Any]]:
@@ -71,6 +69,9 @@ class FakeApiServer:
 
 
 def write_kubeconfig(directory: Path, server: str, user: dict[str, Any]) -> Path:
+    """`directory`/kubeconfig: one context, cluster `server`, credentials `user` (e.g. {"token": ...}).
+
+    Written as JSON, which is YAML: both the kubernetes client and the plugin's own loader read it."""
     doc = {
         "apiVersion": "v1",
         "kind": "Config",

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,6 @@ def plugin_command() -> list[str]:
     """The installed console script when present, else the same entry point through the interpreter."""
     script = shutil.which("neuron-device-plugin")
     return [script] if script else [sys.executable, "-c", "from plugin.main import main; raise SystemExit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class PluginProcess:

@@ -14,7 +14,8 @@ import grpc
 import pytest
 
 from plugin._proto.deviceplugin.v1beta1 import api_pb2 as dp_pb2
-from tests.plugin.harness import Cluster, fake_cluster, free_port
+from tests.cluster.processes import free_port
+from tests.plugin.harness import Cluster, fake_cluster
 from tests.plugin.kubelet_stub import PluginEndpoint, pod_resources, wait_until
 
 NEURON = "aws.amazon.com/neuron"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from plugin.kubeapi import KubeApiError, KubeConfigError, from_kubeconfig, in_cluster
+from tests.cluster.processes import free_port
 from tests.plugin.api_stub import FakeApiServer, write_kubeconfig
-from tests.plugin.harness import free_port
 
 
 @pytest.fixture
