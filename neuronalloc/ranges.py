@@ -2,11 +2,15 @@
 
 Encoding is canonical (ascending, merged runs). Decoding is strict about syntax but accepts unsorted or
 adjacent runs, and refuses IDs at or above `limit` so that a garbled `"0-999999999"` cannot exhaust memory.
+It also bounds the text before reading it: no ID has more digits than `limit`, and no list is longer than a
+list of `limit` IDs can be, so a megabyte of digits costs a length check, not a big-integer parse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from neuronalloc.text import quote
 
 DEFAULT_ID_LIMIT = 4096
 
@@ -35,25 +39,36 @@ def encode_ranges(ids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def _parse_id(text: str, whole: str) -> int:
+def _parse_id(text: str, whole: str, limit: int) -> int:
     if not text.isascii() or not text.isdigit():
-        raise RangeListError(f"{whole!r}: {text!r} is not a decimal ID")
+        raise RangeListError(f"{quote(whole)}: {quote(text, 40)} is not a decimal ID")
+    if len(text) > len(str(limit)):
+        raise RangeListError(f"{quote(whole)}: ID {quote(text, 40)} is out of range (limit {limit})")
     return int(text)
 
 
+def max_text_length(limit: int) -> int:
+    """The longest range list of IDs below `limit` worth reading: every other ID, each with its comma, at the
+    widest ID (non-canonical lists of the same IDs may repeat themselves, but not by megabytes)."""
+    return 2 * limit * (len(str(limit)) + 1) + 16
+
+
 def decode_ranges(text: str, *, limit: int = DEFAULT_ID_LIMIT) -> frozenset[int]:
+    """The IDs `text` lists. Raises RangeListError, and nothing else, for any other input."""
     if not isinstance(text, str):
         raise RangeListError(f"a range list is a string, got {type(text).__name__}")
     if text == "":
         return frozenset()
+    if len(text) > max_text_length(limit):
+        raise RangeListError(f"{quote(text)}: {len(text)} characters is too long for IDs below {limit}")
     ids: set[int] = set()
     for part in text.split(","):
         first_text, dash, last_text = part.partition("-")
-        first = _parse_id(first_text, text)
-        last = _parse_id(last_text, text) if dash else first
+        first = _parse_id(first_text, text, limit)
+        last = _parse_id(last_text, text, limit) if dash else first
         if last < first:
-            raise RangeListError(f"{text!r}: run {part!r} ends before it starts")
+            raise RangeListError(f"{quote(text)}: run {quote(part, 40)} ends before it starts")
         if last >= limit:
-            raise RangeListError(f"{text!r}: ID {last} is out of range (limit {limit})")
+            raise RangeListError(f"{quote(text)}: ID {last} is out of range (limit {limit})")
         ids.update(range(first, last + 1))
     return frozenset(ids)
