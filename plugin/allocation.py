@@ -2,6 +2,7 @@
 
 No gRPC here: decisions are values or `AllocationRejected`, and server.py maps them to status codes.
 Rules checked by Allocate, in order (the first broken rule is reported):
+  0. too_many_ids     - more IDs than the node has units         -> INVALID_ARGUMENT
   1. unknown_id       - not a device/core of this node          -> INVALID_ARGUMENT
   2. duplicate_id     - the same ID twice                        -> INVALID_ARGUMENT
   3. block_rule       - not a contiguous/aligned block (neuronalloc.check_block) -> INVALID_ARGUMENT
@@ -18,10 +19,12 @@ from enum import StrEnum
 from pathlib import Path
 
 from neuronalloc import Refusal, Resource, Topology, allocate, check_block, encode_ranges
+from neuronalloc.text import MAX_MESSAGE, MAX_QUOTE, shorten
 from plugin.nodeview import NodeView
 from plugin.podresources import parse_unit_id
 
 CONTAINER_DEVICE_DIR = "/dev"
+SHOWN_IDS = 5  # offending IDs quoted in a message; the rest are counted
 
 
 class Rejection(StrEnum):
@@ -30,13 +33,17 @@ class Rejection(StrEnum):
 
 
 class AllocationRejected(Exception):
-    """A request this node must refuse; `message` names the IDs and the rule."""
+    """A request this node must refuse; `message` names the IDs and the rule.
+
+    Both are bounded here, whatever the request held: the message travels back as a gRPC status, whose
+    metadata kubelet's gRPC caps (an oversized one turns into RESOURCE_EXHAUSTED), and into the logs."""
 
     def __init__(self, kind: Rejection, rule: str, ids: str, message: str) -> None:
+        message = shorten(message, MAX_MESSAGE)
         super().__init__(message)
         self.kind = kind
         self.rule = rule
-        self.ids = ids
+        self.ids = shorten(ids, MAX_QUOTE)
         self.message = message
 
 
@@ -56,19 +63,39 @@ class Grant:
         }
 
 
+def show_ids(raw_ids: Sequence[str]) -> str:
+    """Up to SHOWN_IDS of `raw_ids`, each shortened, and how many more there are: "1,x,999...(4980 chars cut)...9"."""
+    shown = ",".join(shorten(raw, 40) for raw in raw_ids[:SHOWN_IDS])
+    return shown if len(raw_ids) <= SHOWN_IDS else f"{shown},... ({len(raw_ids) - SHOWN_IDS} more)"
+
+
+def check_count(topology: Topology, resource: Resource, raw_ids: Sequence[str], what: str = "IDs") -> None:
+    """More IDs than the node has units can only be wrong; refuse before reading any of them."""
+    limit = topology.unit_count(resource)
+    if len(raw_ids) > limit:
+        raise AllocationRejected(
+            Rejection.INVALID_ARGUMENT,
+            "too_many_ids",
+            show_ids(raw_ids),
+            f"{len(raw_ids)} {resource.value} {what} in one request; this node has {limit} {resource.units}",
+        )
+
+
 def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
-    """Kubelet's ID strings as sorted ints. Raises AllocationRejected for unknown or duplicate IDs."""
+    """Kubelet's ID strings as sorted ints. Raises AllocationRejected for too many, unknown or duplicate IDs."""
+    check_count(topology, resource, raw_ids)
     limit = topology.unit_count(resource)
     parsed = [parse_unit_id(raw, limit) for raw in raw_ids]
     unknown = [raw for raw, unit in zip(raw_ids, parsed, strict=True) if unit is None]
     if unknown:
+        shown = show_ids(unknown)
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT,
             "unknown_id",
-            ",".join(unknown),
-            f"unknown {resource.value} IDs [{','.join(unknown)}]: this node has {resource.units} 0-{limit - 1}"
+            shown,
+            f"unknown {resource.value} IDs [{shown}]: this node has {resource.units} 0-{limit - 1}"
             if limit
-            else f"unknown {resource.value} IDs [{','.join(unknown)}]: node has none",
+            else f"unknown {resource.value} IDs [{shown}]: node has none",
         )
     ids = [unit for unit in parsed if unit is not None]  # drops nothing (unknowns raised above); narrows the type
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -142,6 +169,7 @@ def preferred(
     """
     topology = view.topology
     limit = topology.unit_count(resource)
+    check_count(topology, resource, available, "IDs offered")
     offered = {u for u in (parse_unit_id(raw, limit) for raw in available) if u is not None}
     required = frozenset(parse_ids(topology, resource, must_include))
     if size <= 0:

@@ -82,3 +82,44 @@ def test_grant_for_cores_and_devices() -> None:
     assert cores.envs == {"NEURON_RT_VISIBLE_CORES": "3-4", "AWS_NEURON_VISIBLE_DEVICES": "1-2"}
     devices = grant(topology, Path("/dev"), Resource.NEURON, (10, 11))
     assert devices.envs == {"NEURON_RT_VISIBLE_CORES": "20-23", "AWS_NEURON_VISIBLE_DEVICES": "10-11"}
+
+
+@given(
+    st.one_of(st.text(), st.text(alphabet="0123456789", min_size=1), st.integers(4000, 6000).map(lambda n: "7" * n)),
+    st.integers(0, 2000),
+)
+def test_parse_unit_id_never_raises(raw: str, limit: int) -> None:
+    from plugin.podresources import parse_unit_id
+
+    unit = parse_unit_id(raw, limit)
+    assert unit is None or (0 <= unit < limit and raw == str(unit))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.one_of(st.text(max_size=60), st.integers(4000, 6000).map(lambda n: "8" * n)), max_size=40),
+    st.sampled_from(list(Resource)),
+)
+def test_validate_and_preferred_raise_only_their_own_error_with_a_short_message(
+    raw_ids: list[str], resource: Resource
+) -> None:
+    view = make_view(1, frozenset())
+    for decide in (
+        lambda: validate(view, resource, raw_ids),
+        lambda: preferred(view, resource, raw_ids, raw_ids[:3], 4),
+    ):
+        try:
+            decide()
+        except AllocationRejected as rejected:
+            assert 0 < len(rejected.message) <= 600 and len(rejected.ids) <= 120
+
+
+def test_more_ids_than_the_node_has_are_refused_without_listing_them() -> None:
+    view = make_view(1, frozenset())  # trn1: 16 devices
+    many = [str(i) for i in range(10_000)]
+    with pytest.raises(AllocationRejected) as caught:
+        validate(view, Resource.NEURON, many)
+    assert (caught.value.kind, caught.value.rule) == (Rejection.INVALID_ARGUMENT, "too_many_ids")
+    assert "10000 aws.amazon.com/neuron IDs" in caught.value.message and len(caught.value.message) <= 600
+    with pytest.raises(AllocationRejected, match=r"10000 aws\.amazon\.com/neuron IDs offered"):
+        preferred(view, Resource.NEURON, many, [], 4)

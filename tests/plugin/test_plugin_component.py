@@ -189,6 +189,9 @@ def test_allocate_cores_spanning_two_devices(inf2: Cluster) -> None:
         (NEURON, ["2", "3", "4", "5"], grpc.StatusCode.INVALID_ARGUMENT, "[2-5]"),
         (NEURONCORE, ["0", "2"], grpc.StatusCode.INVALID_ARGUMENT, "[0,2]"),
         (NEURONCORE, [], grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        # A 5,000-digit ID once escaped as a ValueError from int() (gRPC UNKNOWN).
+        (NEURON, ["9" * 5000], grpc.StatusCode.INVALID_ARGUMENT, "unknown aws.amazon.com/neuron IDs [999999"),
+        (NEURONCORE, ["0", "1" * 5000], grpc.StatusCode.INVALID_ARGUMENT, "unknown aws.amazon.com/neuroncore IDs"),
     ],
 )
 def test_allocate_rejects_invalid_requests(
@@ -198,6 +201,33 @@ def test_allocate_rejects_invalid_requests(
     error = allocate_error(endpoints[resource], request_ids)
     assert error.code() == code
     assert words in (error.details() or "")
+
+
+def test_ten_thousand_ids_are_refused_with_a_short_message(trn1: Cluster) -> None:
+    """The message once listed every ID, and gRPC refused the oversized status (RESOURCE_EXHAUSTED)."""
+    endpoints = start(trn1, "trn1.32xlarge")
+    many = [str(i) for i in range(10_000)]
+    error = allocate_error(endpoints[NEURON], many)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10000" in (error.details() or "") and len(error.details() or "") <= 600
+    unknown = allocate_error(endpoints[NEURONCORE], [f"x{i}" for i in range(5_000)])
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT and len(unknown.details() or "") <= 600
+    # An ID kubelet offers that names nothing here is left out (no block remains), never a crash.
+    cases = (
+        (many, [], "INVALID_ARGUMENT"),
+        (ids(0), many, "INVALID_ARGUMENT"),
+        (["9" * 5000], [], "FAILED_PRECONDITION"),
+    )
+    for available, must, code in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            preferred(endpoints[NEURON], available, 4, must)
+        assert caught.value.code().name == code
+        assert len(caught.value.details() or "") <= 600
+    with pytest.raises(grpc.RpcError) as too_many:
+        many_containers = [dp_pb2.ContainerAllocateRequest(devices_ids=["0"]) for _ in range(1_000)]
+        endpoints[NEURON].stub.Allocate(dp_pb2.AllocateRequest(container_requests=many_containers), timeout=10)
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert allocate(endpoints[NEURON], ids(0)).envs["AWS_NEURON_VISIBLE_DEVICES"] == "0"  # still serving
 
 
 def test_allocate_refuses_unhealthy_devices(trn1: Cluster) -> None:
