@@ -9,12 +9,12 @@ report (NVIDIA's plugin never recovers a device; that is the bug not to copy).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from neuronlog import get_logger
-from plugin.discovery import scan_devices
 from plugin.hwerrors import LineFollower, parse_hw_error
 
 log = get_logger(__name__)
@@ -39,12 +39,11 @@ class PresenceSource:
     name = "presence"
 
     def __init__(self, device_root: Path, device_count: int) -> None:
-        self._device_root = device_root
-        self._devices = frozenset(range(device_count))
+        # One stat per device of the topology, however many entries the device root holds.
+        self._paths = {device: device_root / f"neuron{device}" for device in range(device_count)}
 
     def poll(self, now: float) -> Mapping[int, str]:
-        missing = self._devices - scan_devices(self._device_root)
-        return dict.fromkeys(missing, "device_node_missing")
+        return {device: "device_node_missing" for device, path in self._paths.items() if not os.path.lexists(path)}
 
 
 class KernelLogSource:

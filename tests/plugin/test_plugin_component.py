@@ -95,6 +95,16 @@ def test_instance_type_from_device_count_and_sysfs_core_count(inf2: Cluster) -> 
     endpoints[NEURONCORE].wait_for_devices(lambda d: len(d) == 24)
 
 
+def test_a_dev_of_a_thousand_entries_advertises_the_instance_type_s_twelve_devices() -> None:
+    with fake_cluster(1000, core_count=2) as cluster:
+        endpoints = start(cluster, "inf2.48xlarge")
+        endpoints[NEURON].wait_for_devices(lambda d: len(d) == 12)
+        endpoints[NEURONCORE].wait_for_devices(lambda d: len(d) == 24)
+        assert cluster.plugin is not None
+        event = cluster.plugin.wait_event("discovery.devices_ignored")
+        assert (event["names"], event["count"]) == ("neuron12-999", 988)
+
+
 def test_unknown_instance_type_falls_back_to_a_linear_chain_and_says_so() -> None:
     with fake_cluster(3, core_count=2) as cluster:
         endpoints = start(cluster)
