@@ -6,8 +6,10 @@ Rules checked by Allocate, in order (the first broken rule is reported):
   1. unknown_id       - not a device/core of this node          -> INVALID_ARGUMENT
   2. duplicate_id     - the same ID twice                        -> INVALID_ARGUMENT
   3. block_rule       - not a contiguous/aligned block (neuronalloc.check_block) -> INVALID_ARGUMENT
-  4. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
-  5. shared_hardware  - on hardware held through the other resource -> FAILED_PRECONDITION
+  4. podresources_stale - no PodResources read, or none fresh: what is in use is unknown -> FAILED_PRECONDITION
+  5. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
+  6. shared_hardware  - on hardware held through the other resource -> FAILED_PRECONDITION
+GetPreferredAllocation refuses on rule 4 too: it must never pick from hardware it cannot see.
 """
 
 from __future__ import annotations
@@ -109,6 +111,19 @@ def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) ->
     return tuple(sorted(ids))
 
 
+def require_fresh(view: NodeView, resource: Resource, ids: str) -> None:
+    """Refuse when the view cannot say what is in use: "never read" is not "nothing used"."""
+    problem = view.podresources_problem()
+    if problem is not None:
+        raise AllocationRejected(
+            Rejection.FAILED_PRECONDITION,
+            "podresources_stale",
+            ids,
+            f"{resource.value} [{ids}]: refused because {problem}, so the hardware in use is unknown; "
+            "kubelet retries the admission",
+        )
+
+
 def devices_of(topology: Topology, resource: Resource, ids: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(set(ids) if resource is Resource.NEURON else topology.devices_of_cores(ids)))
 
@@ -126,6 +141,7 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT, "block_rule", encode_ranges(ids), f"[{encode_ranges(ids)}]: {refusal}"
         )
+    require_fresh(view, resource, encode_ranges(ids))
     sick = [d for d in devices_of(topology, resource, ids) if not view.is_healthy(d)]
     if sick:
         raise AllocationRejected(
@@ -176,6 +192,7 @@ def preferred(
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT, "size", "", f"allocation_size {size} for {resource.value} must be > 0"
         )
+    require_fresh(view, resource, f"size {size}")
     free = (offered & view.usable(resource)) | required
     chosen = allocate(topology, resource, free, size, required)
     if isinstance(chosen, Refusal):

@@ -159,12 +159,20 @@ async def run(config: PluginConfig) -> int:
             await podresources.close()
             return 1
 
+    async def register_after_first_read(lifecycle: ResourceLifecycle) -> None:
+        # Kubelet admits pods as soon as devices are registered; before PodResources has answered, the plugin
+        # could only refuse them (it cannot tell what is in use), so it does not offer devices yet.
+        if not view.first_read.is_set():
+            log.info("registration.deferred", resource=lifecycle.resource.value, reason="podresources_not_read")
+            await view.first_read.wait()
+        await lifecycle.run()
+
     jobs: dict[str, Coroutine[Any, Any, None]] = {"health": health.run(), "publisher": publisher.run(), "tick": tick()}
     for resource in Resource:
         lifecycle = ResourceLifecycle(
             resource, config.kubelet_socket_dir, functools.partial(servicer_for, resource), metrics
         )
-        jobs[f"lifecycle-{resource.short}"] = lifecycle.run()
+        jobs[f"lifecycle-{resource.short}"] = register_after_first_read(lifecycle)
 
     try:
         exit_code = await _run_until_signal(jobs)
