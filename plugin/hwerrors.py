@@ -17,6 +17,17 @@ from dataclasses import dataclass
 _KIND = re.compile(r"NEURON_HW_ERR=([A-Za-z0-9_]+)")
 _DEVICE_FIELD = re.compile(r"(?<![\w-])nd-id=(\d+)\b")
 _DEVICE_PREFIX = re.compile(r"(?<!\w)neuron(\d+):")
+# Error kinds the Neuron driver reports; any other kind is counted as "other", so metric labels stay bounded.
+KNOWN_KINDS = (
+    "SRAM_UNCORRECTABLE_ERROR",
+    "NC_UNCORRECTABLE_ERROR",
+    "HBM_UNCORRECTABLE_ERROR",
+    "DMA_ERROR",
+    "HANG_ON_COLLECTIVES",
+)
+HW_ERROR_KINDS = (*KNOWN_KINDS, "other")
+# Why a kernel-log line or record was not acted on (metric label values).
+DROP_REASONS = ("too_long", "not_kernel", "unknown_device", "overwritten")
 _MAX_DEVICE_INDEX = 1023  # far above any Neuron node; keeps a garbled line from naming device 10**30
 
 

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from neuronalloc import NodeState, Resource, Topology, free_sets
 from neuronlog import get_logger
@@ -24,6 +25,12 @@ PENDING_TTL_SECONDS = 30.0
 # PodResources is read every 2 s (publisher.POLL_SECONDS). A last successful read older than this means kubelet
 # has stopped answering, and what is in use is unknown: allocation decisions refuse until a fresh read.
 MAX_PODRESOURCES_AGE_SECONDS = 10.0
+
+
+class PodResourcesStatus(StrEnum):
+    FRESH = "fresh"
+    NEVER_READ = "never_read"
+    STALE = "stale"
 
 
 class Changes:
@@ -126,6 +133,12 @@ class NodeView:
         """Seconds since the last successful PodResources read; None before the first."""
         return None if self.read_at is None else max(self._clock() - self.read_at, 0.0)
 
+    def podresources_status(self) -> PodResourcesStatus:
+        age = self.podresources_age()
+        if age is None:
+            return PodResourcesStatus.NEVER_READ
+        return PodResourcesStatus.STALE if age > MAX_PODRESOURCES_AGE_SECONDS else PodResourcesStatus.FRESH
+
     def podresources_problem(self) -> str | None:
         """Why the view cannot say what is in use (never read, or read too long ago); None when it can.
 
@@ -165,7 +178,9 @@ class NodeView:
             return free_sets(self.topology, (), self.used(Resource.NEURONCORE), unhealthy)[0]
         return free_sets(self.topology, self.used(Resource.NEURON), (), unhealthy)[1]
 
-    def node_state(self, usage: Usage | None = None) -> NodeState | None:
+    def node_state(
+        self, usage: Usage | None = None, *, not_serving_reason: str | None = None, plugin_address: str = ""
+    ) -> NodeState | None:
         """The state to publish, or None before PodResources has answered once.
 
         Pass `usage` when it was just computed, to spare a second free_sets over the same inputs.
@@ -181,4 +196,7 @@ class NodeView:
             unhealthy_devices=usage.unhealthy_devices,
             pods=self.holdings.pods,
             observed_at=self.observed_at,
+            serving=not_serving_reason is None,
+            not_serving_reason=not_serving_reason or "",
+            plugin_address=plugin_address,
         )

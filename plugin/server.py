@@ -57,6 +57,11 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self._on_allocated = on_allocated
         self._log = log.bind(resource=resource.value)
         self.stream_ended = asyncio.Event()  # kubelet's ListAndWatch went away: time to register again
+        self.open_streams = 0  # ListAndWatch streams that have delivered their first device list
+
+    @property
+    def streaming(self) -> bool:
+        return self.open_streams > 0
 
     # -- device list -------------------------------------------------------------------------------------
     def device_list(self) -> dp_pb2.ListAndWatchResponse:
@@ -87,13 +92,19 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self._log.info("listandwatch.started")
         changes = self._view.health_changes
         seen = changes.version
+        counted = False
         try:
             while True:
                 with self._metrics.rpc_timer("ListAndWatch", self.resource):
                     update = self.device_list()
                 yield update
+                if not counted:  # resumed after the first list was written: kubelet has the devices now
+                    counted = True
+                    self.open_streams += 1
                 seen = await changes.wait_past(seen)
         finally:
+            if counted:
+                self.open_streams -= 1
             self._log.info("listandwatch.ended")
             self.stream_ended.set()
 

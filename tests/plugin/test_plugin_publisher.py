@@ -17,6 +17,7 @@ from plugin.metrics import PluginMetrics
 from plugin.nodeview import Ledger, NodeView
 from plugin.podresources import PodHoldings, PodResourcesUnavailable, holdings_from_pod_resources
 from plugin.publisher import HEARTBEAT_SECONDS, Publisher, annotation_patch, needs_write
+from plugin.serving import Serving
 from tests.plugin.kubelet_stub import pod_resources
 
 NEURON, NEURONCORE = Resource.NEURON.value, Resource.NEURONCORE.value
@@ -185,7 +186,7 @@ def test_publisher_writes_on_change_only_and_rides_out_an_unreachable_api_server
 
     async def scenario() -> None:
         view = NodeView(TRN1, read, clock=lambda: now[0])
-        publisher = Publisher(view, "node-a", api, metrics, clock=lambda: now[0])
+        publisher = Publisher(view, "node-a", api, metrics, Serving(view, []), clock=lambda: now[0])
         await publisher.refresh_once()
         await publisher.refresh_once()  # nothing changed: no second write
         assert len(api.patches) == 1 and api.patches[0][FREE_DEVICES] == "4-15"
