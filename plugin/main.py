@@ -80,11 +80,11 @@ def _log_discovery(found: Discovery) -> None:
     )
 
 
-def _health_sources(config: PluginConfig, found: Discovery) -> list[HealthSource]:
+def _health_sources(config: PluginConfig, found: Discovery, metrics: PluginMetrics) -> list[HealthSource]:
     count = found.topology.device_count
     sources: list[HealthSource] = [PresenceSource(config.device_root, count)]
     if config.hw_error_log:
-        sources.append(KernelLogSource(config.hw_error_log, count))
+        sources.append(KernelLogSource(config.hw_error_log, count, metrics=metrics))
     return sources
 
 
@@ -144,7 +144,7 @@ async def run(config: PluginConfig) -> int:
         view.set_unhealthy(unhealthy)
         metrics.set_device_health(topology, frozenset(unhealthy))
 
-    sources = _health_sources(config, found)
+    sources = _health_sources(config, found, metrics)
     health = HealthMonitor(sources, on_health_change, clock=time.monotonic)
     health.check()  # the first device list kubelet sees is already correct
     metrics.set_device_health(topology, frozenset(health.unhealthy))  # also when all are healthy (no change)

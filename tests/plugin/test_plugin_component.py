@@ -294,12 +294,15 @@ def test_device_missing_at_start_is_listed_unhealthy(trn1: Cluster) -> None:
 
 
 def test_kernel_log_hardware_error_marks_its_device_unhealthy(trn1: Cluster) -> None:
-    kmsg = trn1.root / "kmsg"
-    kmsg.write_text("NEURON_HW_ERR=DMA_ERROR nd-id=1 (before start: not replayed)\n")
+    kmsg = trn1.root / "kern.log"  # what a syslog daemon writes for kernel messages
+    kmsg.write_text("Nov 22 02:05:50 h kernel: NEURON_HW_ERR=DMA_ERROR nd-id=1 (before start: not replayed)\n")
     endpoints = start(trn1, "trn1.32xlarge", ["--hw-error-log", str(kmsg)])
     endpoints[NEURON].wait_for_devices(lambda d: len(d) == 16)
     with kmsg.open("a") as log:
-        log.write("[ 812.3] NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR instance-id=i-0 hostname=h nd-id=9 nc-id=0\n")
+        log.write(
+            "Nov 22 02:05:56 h kernel: [ 812.3] NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR instance-id=i-0 hostname=h "
+            "nd-id=9 nc-id=0\n"
+        )
     endpoints[NEURON].wait_for_devices(lambda d: d["9"] == "Unhealthy")
     assert [k for k, v in endpoints[NEURON].latest().items() if v == "Unhealthy"] == ["9"]
 
