@@ -2,11 +2,14 @@
 
 No gRPC here: decisions are values or `AllocationRejected`, and server.py maps them to status codes.
 Rules checked by Allocate, in order (the first broken rule is reported):
+  0. too_many_ids     - more IDs than the node has units         -> INVALID_ARGUMENT
   1. unknown_id       - not a device/core of this node          -> INVALID_ARGUMENT
   2. duplicate_id     - the same ID twice                        -> INVALID_ARGUMENT
   3. block_rule       - not a contiguous/aligned block (neuronalloc.check_block) -> INVALID_ARGUMENT
-  4. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
-  5. shared_hardware  - on hardware held through the other resource -> FAILED_PRECONDITION
+  4. podresources_stale - no PodResources read, or none fresh: what is in use is unknown -> FAILED_PRECONDITION
+  5. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
+  6. shared_hardware  - on hardware held through the other resource -> FAILED_PRECONDITION
+GetPreferredAllocation refuses on rule 4 too: it must never pick from hardware it cannot see.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from enum import StrEnum
 from pathlib import Path
 
 from neuronalloc import Refusal, Resource, Topology, allocate, check_block, encode_ranges
+from neuronalloc.text import MAX_MESSAGE, MAX_QUOTE, shorten
 from plugin.nodeview import NodeView
 from plugin.podresources import parse_unit_id
 
 CONTAINER_DEVICE_DIR = "/dev"
+SHOWN_IDS = 5  # offending IDs quoted in a message; the rest are counted
 
 
 class Rejection(StrEnum):
@@ -30,13 +35,17 @@ class Rejection(StrEnum):
 
 
 class AllocationRejected(Exception):
-    """A request this node must refuse; `message` names the IDs and the rule."""
+    """A request this node must refuse; `message` names the IDs and the rule.
+
+    Both are bounded here, whatever the request held: the message travels back as a gRPC status, whose
+    metadata kubelet's gRPC caps (an oversized one turns into RESOURCE_EXHAUSTED), and into the logs."""
 
     def __init__(self, kind: Rejection, rule: str, ids: str, message: str) -> None:
+        message = shorten(message, MAX_MESSAGE)
         super().__init__(message)
         self.kind = kind
         self.rule = rule
-        self.ids = ids
+        self.ids = shorten(ids, MAX_QUOTE)
         self.message = message
 
 
@@ -56,19 +65,39 @@ class Grant:
         }
 
 
+def show_ids(raw_ids: Sequence[str]) -> str:
+    """Up to SHOWN_IDS of `raw_ids`, each shortened, and how many more there are: "1,x,999...(4980 chars cut)...9"."""
+    shown = ",".join(shorten(raw, 40) for raw in raw_ids[:SHOWN_IDS])
+    return shown if len(raw_ids) <= SHOWN_IDS else f"{shown},... ({len(raw_ids) - SHOWN_IDS} more)"
+
+
+def check_count(topology: Topology, resource: Resource, raw_ids: Sequence[str], what: str = "IDs") -> None:
+    """More IDs than the node has units can only be wrong; refuse before reading any of them."""
+    limit = topology.unit_count(resource)
+    if len(raw_ids) > limit:
+        raise AllocationRejected(
+            Rejection.INVALID_ARGUMENT,
+            "too_many_ids",
+            show_ids(raw_ids),
+            f"{len(raw_ids)} {resource.value} {what} in one request; this node has {limit} {resource.units}",
+        )
+
+
 def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
-    """Kubelet's ID strings as sorted ints. Raises AllocationRejected for unknown or duplicate IDs."""
+    """Kubelet's ID strings as sorted ints. Raises AllocationRejected for too many, unknown or duplicate IDs."""
+    check_count(topology, resource, raw_ids)
     limit = topology.unit_count(resource)
     parsed = [parse_unit_id(raw, limit) for raw in raw_ids]
     unknown = [raw for raw, unit in zip(raw_ids, parsed, strict=True) if unit is None]
     if unknown:
+        shown = show_ids(unknown)
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT,
             "unknown_id",
-            ",".join(unknown),
-            f"unknown {resource.value} IDs [{','.join(unknown)}]: this node has {resource.units} 0-{limit - 1}"
+            shown,
+            f"unknown {resource.value} IDs [{shown}]: this node has {resource.units} 0-{limit - 1}"
             if limit
-            else f"unknown {resource.value} IDs [{','.join(unknown)}]: node has none",
+            else f"unknown {resource.value} IDs [{shown}]: node has none",
         )
     ids = [unit for unit in parsed if unit is not None]  # drops nothing (unknowns raised above); narrows the type
     duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -80,6 +109,19 @@ def parse_ids(topology: Topology, resource: Resource, raw_ids: Sequence[str]) ->
             f"{resource.value} IDs [{encode_ranges(duplicates)}] are requested more than once",
         )
     return tuple(sorted(ids))
+
+
+def require_fresh(view: NodeView, resource: Resource, ids: str) -> None:
+    """Refuse when the view cannot say what is in use: "never read" is not "nothing used"."""
+    problem = view.podresources_problem()
+    if problem is not None:
+        raise AllocationRejected(
+            Rejection.FAILED_PRECONDITION,
+            "podresources_stale",
+            ids,
+            f"{resource.value} [{ids}]: refused because {problem}, so the hardware in use is unknown; "
+            "kubelet retries the admission",
+        )
 
 
 def devices_of(topology: Topology, resource: Resource, ids: Sequence[int]) -> tuple[int, ...]:
@@ -99,6 +141,7 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT, "block_rule", encode_ranges(ids), f"[{encode_ranges(ids)}]: {refusal}"
         )
+    require_fresh(view, resource, encode_ranges(ids))
     sick = [d for d in devices_of(topology, resource, ids) if not view.is_healthy(d)]
     if sick:
         raise AllocationRejected(
@@ -142,12 +185,14 @@ def preferred(
     """
     topology = view.topology
     limit = topology.unit_count(resource)
+    check_count(topology, resource, available, "IDs offered")
     offered = {u for u in (parse_unit_id(raw, limit) for raw in available) if u is not None}
     required = frozenset(parse_ids(topology, resource, must_include))
     if size <= 0:
         raise AllocationRejected(
             Rejection.INVALID_ARGUMENT, "size", "", f"allocation_size {size} for {resource.value} must be > 0"
         )
+    require_fresh(view, resource, f"size {size}")
     free = (offered & view.usable(resource)) | required
     chosen = allocate(topology, resource, free, size, required)
     if isinstance(chosen, Refusal):

@@ -6,12 +6,14 @@ Precedence: flag > env var > default. Defaults fit a real node, so a DaemonSet n
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuronalloc.text import quote
 from neuroncli.flags import Flag, add_flags
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -34,10 +36,19 @@ class PluginConfig:
     logical_nc_config: Path
     hw_error_log: str  # "" = off
     log_level: str
+    advertise_address: str = ""  # an IP literal (IPv6 without brackets), "" = none
 
     @property
     def publishing_enabled(self) -> bool:
         return self.kubeconfig != "none"
+
+    @property
+    def plugin_address(self) -> str:
+        """`ip:port` of /readyz for the node state ("[ip]:port" for IPv6); "" without an address or a port."""
+        if not self.advertise_address or not self.metrics_port:
+            return ""
+        host = f"[{self.advertise_address}]" if ":" in self.advertise_address else self.advertise_address
+        return f"{host}:{self.metrics_port}"
 
 
 FLAGS: tuple[Flag, ...] = (
@@ -54,6 +65,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
     Flag("hw-error-log", "", 'file of kernel-log lines to follow for NEURON_HW_ERR=; "" = off'),
     Flag("log-level", "info", "one of " + ", ".join(LOG_LEVELS)),
+    Flag(
+        "advertise-address",
+        "",
+        "this pod's IP (the DaemonSet sets it from status.podIP); with --metrics-port on, published as "
+        'neuron-contig.io/plugin-address so the extender can probe GET /readyz; "" = not published',
+    ),
 )
 
 
@@ -69,6 +86,17 @@ def _port(name: str, raw: str) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{name}: {port} is outside 0..65535")
     return port
+
+
+def _ip_literal(name: str, raw: str) -> str:
+    text = raw.strip()
+    if not text:
+        return ""
+    literal = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(literal))
+    except ValueError:
+        raise ConfigError(f"{name}: {quote(text, 60)} is not an IP address (a host name is not accepted)") from None
 
 
 def _socket_path_fits(name: str, path: Path) -> None:
@@ -111,4 +139,5 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> PluginCon
         logical_nc_config=Path(raw["logical_nc_config"]),
         hw_error_log=raw["hw_error_log"],
         log_level=log_level,
+        advertise_address=_ip_literal("advertise-address", raw["advertise_address"]),
     )

@@ -1,9 +1,22 @@
-"""Parse and follow the kernel log's `NEURON_HW_ERR=` lines.
+"""Read the kernel log's `NEURON_HW_ERR=` records: only the kernel's, and within fixed bounds.
 
-The Neuron driver reports uncorrectable hardware errors as kernel-log lines such as
+The Neuron driver reports uncorrectable hardware errors as kernel messages such as
 `NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR instance-id=i-0592 hostname=ip-1 nd-id=3 nc-id=0 ... action=...`.
-`nd-id` names the device. Lines from older drivers carry no `nd-id`; a `neuronN:` prefix is used when present,
-otherwise the error cannot be pinned to a device and the caller treats it as node-wide.
+`nd-id` names the device. Messages from older drivers carry no `nd-id`; a `neuronN:` prefix is used when
+present, otherwise the error cannot be pinned to a device and the caller treats it as node-wide.
+
+Anyone on the node can write log lines that quote the marker, so a line counts only if the kernel wrote it:
+- `/dev/kmsg` (a character device): each record is `prio,seq,usec,flags;message`, and the facility
+  (prio >> 3) must be 0. A write to /dev/kmsg from userspace, even by root, gets facility 1 (user).
+- a regular file written by a syslog daemon: the line's tag must be `kernel` (`Nov 22 02:05:56 host kernel:
+  ...`, the same with an RFC 3339 time, or RFC 5424 with app-name `kernel` and, when the line keeps its
+  <PRI>, facility 0). A file cannot prove more than its syslog daemon wrote: prefer /dev/kmsg.
+And within the kernel message, the marker must open it (after the printk time and one `driver:` prefix), so
+a kernel message quoting user text (an audit record) names no error.
+
+LineFollower reads at most MAX_POLL_BYTES per call, keeps no line longer than MAX_LINE_BYTES (longer ones are
+dropped and counted, never buffered), and skips a file backlog beyond MAX_BACKLOG_BYTES (counted), so a flood
+costs bounded memory and time per poll, and health keeps following the newest lines.
 """
 
 from __future__ import annotations
@@ -12,30 +25,99 @@ import errno
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
-_KIND = re.compile(r"NEURON_HW_ERR=([A-Za-z0-9_]+)")
-_DEVICE_FIELD = re.compile(r"(?<![\w-])nd-id=(\d+)\b")
-_DEVICE_PREFIX = re.compile(r"(?<!\w)neuron(\d+):")
-_MAX_DEVICE_INDEX = 1023  # far above any Neuron node; keeps a garbled line from naming device 10**30
+MARKER = "NEURON_HW_ERR="
+MARKER_BYTES = MARKER.encode()
+# Error kinds the Neuron driver reports; any other kind is counted as "other", so metric labels stay bounded.
+KNOWN_KINDS = (
+    "SRAM_UNCORRECTABLE_ERROR",
+    "NC_UNCORRECTABLE_ERROR",
+    "HBM_UNCORRECTABLE_ERROR",
+    "DMA_ERROR",
+    "HANG_ON_COLLECTIVES",
+)
+OTHER_KIND = "other"
+HW_ERROR_KINDS = (*KNOWN_KINDS, OTHER_KIND)
+# Why a kernel-log line or record was not acted on (metric label values).
+DROP_REASONS = ("too_long", "not_kernel", "malformed", "unknown_device", "overwritten")
+
+MAX_LINE_BYTES = 4096  # a kmsg record is at most ~1 KiB of text; syslog lines of interest are ~200 bytes
+MAX_POLL_BYTES = 256 * 1024  # read per poll (every 200 ms): ~10,000 driver lines a second
+MAX_BACKLOG_BYTES = 4 * 1024 * 1024  # unread file data beyond this is skipped, not queued
+_FILE_CHUNK = 64 * 1024
+_KMSG_CHUNK = 16 * 1024  # one record per read; a buffer smaller than the record fails with EINVAL
+_MAX_READS = 4096  # per call, counting EPIPE retries: a kmsg ring overwritten under us cannot spin us
+IMPOSSIBLE_DEVICE = 10**6  # stands in for an nd-id too long to convert
+
+_KMSG_RECORD = re.compile(r"([0-9]{1,6}),[0-9]{1,20},[0-9]{1,20},[^;]{0,64};(.*)", re.DOTALL)
+_TIME = (
+    r"(?:[A-Z][a-z]{2} [ 0-9]?[0-9] [0-9]{2}:[0-9]{2}:[0-9]{2}"  # Nov 22 02:05:56
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,20}(?:Z|[+-][0-9]{2}:?[0-9]{2})?)"  # 2026-11-22T02:05:56.123+00:00
+)
+_SYSLOG_LINE = re.compile(_TIME + r" [^ ]{1,255} kernel: (.*)", re.DOTALL)
+_RFC5424_LINE = re.compile(
+    r"(?:<([0-9]{1,3})>)?1 [^ ]{1,64} [^ ]{1,255} kernel [^ ]{1,128} [^ ]{1,32} "
+    r"(?:-|(?:\[(?:[^\]\\]|\\.){0,4096}\])+)(?: \ufeff?(.*))?",
+    re.DOTALL,
+)
+_ERROR = re.compile(
+    r"(?:\[ *[0-9.]{1,20}\] )?(?:([A-Za-z0-9_.:-]{1,64}(?: [A-Za-z0-9_.:-]{1,64})?): )?"
+    r"NEURON_HW_ERR=([A-Za-z0-9_]{1,64})(?![A-Za-z0-9_])"
+)
+_DEVICE_FIELD = re.compile(r"(?<![\w-])nd-id=([0-9]+)")
+_DEVICE_PREFIX = re.compile(r"neuron([0-9]{1,6})")
+
+
+class RecordFormat(StrEnum):
+    KMSG = "kmsg"  # /dev/kmsg records
+    SYSLOG = "syslog"  # a file a syslog daemon (or `journalctl -kf`) writes
 
 
 @dataclass(frozen=True)
 class HardwareError:
-    kind: str  # e.g. "SRAM_UNCORRECTABLE_ERROR"
-    device: int | None  # None: the line does not say which device
+    kind: str  # one of HW_ERROR_KINDS
+    device: int | None  # None: the message does not say which device; IMPOSSIBLE_DEVICE: garbled
 
 
-def parse_hw_error(line: str) -> HardwareError | None:
-    """The hardware error a kernel-log line reports, or None if it reports none. Never raises."""
-    kind = _KIND.search(line)
-    if kind is None:
+def kernel_message(line: str, record_format: RecordFormat) -> str | None:
+    """The message of a kernel record, or None if `line` is not one (another writer, a continuation line)."""
+    if record_format is RecordFormat.KMSG:
+        record = _KMSG_RECORD.fullmatch(line)
+        if record is None or int(record.group(1)) >> 3 != 0:
+            return None
+        return record.group(2)
+    traditional = _SYSLOG_LINE.fullmatch(line)
+    if traditional is not None:
+        return traditional.group(1)
+    rfc5424 = _RFC5424_LINE.fullmatch(line)
+    if rfc5424 is None or (rfc5424.group(1) is not None and int(rfc5424.group(1)) >> 3 != 0):
         return None
-    for pattern in (_DEVICE_FIELD, _DEVICE_PREFIX):
-        found = pattern.search(line)
-        if found and int(found.group(1)) <= _MAX_DEVICE_INDEX:
-            return HardwareError(kind.group(1), int(found.group(1)))
-    return HardwareError(kind.group(1), None)
+    return rfc5424.group(2) or ""
+
+
+def parse_hw_error(message: str) -> HardwareError | None:
+    """The hardware error a kernel message reports, or None if it reports none. Never raises."""
+    found = _ERROR.match(message)
+    if found is None:
+        return None
+    prefix, raw_kind = found.group(1), found.group(2)
+    kind = raw_kind if raw_kind in KNOWN_KINDS else OTHER_KIND
+    field_match = _DEVICE_FIELD.search(message, found.end())
+    if field_match is not None:
+        digits = field_match.group(1)
+        return HardwareError(kind, int(digits) if len(digits) <= 6 else IMPOSSIBLE_DEVICE)
+    named = _DEVICE_PREFIX.fullmatch(prefix) if prefix else None
+    return HardwareError(kind, int(named.group(1)) if named else None)
+
+
+@dataclass
+class ReadResult:
+    lines: list[bytes] = field(default_factory=list)  # complete lines, without the newline
+    too_long: int = 0  # lines dropped for exceeding MAX_LINE_BYTES
+    skipped_bytes: int = 0  # bytes never parsed (backlog skipped, over-long lines)
+    overwritten: int = 0  # /dev/kmsg: times records were overwritten before we read them
 
 
 class LineFollower:
@@ -43,17 +125,28 @@ class LineFollower:
 
     Starts at the end: errors logged before the daemon started are not replayed, so a restart clears them
     (health must be able to recover). A truncated or replaced file is read again from its start. Works for
-    regular files and for /dev/kmsg (one record per read, EAGAIN at the end).
+    regular files and for /dev/kmsg (one record per read, EAGAIN at the end, EPIPE when overwritten).
     """
 
-    _CHUNK = 65536
-
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_line: int = MAX_LINE_BYTES,
+        max_poll: int = MAX_POLL_BYTES,
+        max_backlog: int = MAX_BACKLOG_BYTES,
+    ) -> None:
         self._path = path
+        self._max_line = max_line
+        self._max_poll = max_poll
+        self._max_backlog = max_backlog
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
+        self._regular = False
+        self.is_char_device = False
         self._offset = 0
-        self._partial = b""
+        self.partial = b""  # the start of a line not complete yet; never longer than max_line
+        self._discarding = False  # inside an over-long line: drop bytes up to its newline
         self.open_error: str | None = None  # why the file cannot be read right now, for the caller to report
         self._open(at_end=True)
 
@@ -66,7 +159,8 @@ class LineFollower:
             return  # not there yet, or not readable yet: try again on the next poll
         self.open_error = None
         st = os.fstat(fd)
-        self._fd, self._inode, self._partial = fd, (st.st_dev, st.st_ino), b""
+        self._fd, self._inode, self.partial, self._discarding = fd, (st.st_dev, st.st_ino), b"", False
+        self._regular, self.is_char_device = stat.S_ISREG(st.st_mode), stat.S_ISCHR(st.st_mode)
         self._offset = os.lseek(fd, 0, os.SEEK_END) if at_end else 0
 
     def _replaced_or_truncated(self) -> bool:
@@ -78,28 +172,75 @@ class LineFollower:
             return True
         return stat.S_ISREG(st.st_mode) and st.st_size < self._offset
 
-    def read_lines(self) -> list[str]:
+    def _skip_backlog(self, fd: int, result: ReadResult) -> None:
+        """A file far ahead of us (a flood, or a huge file rotated in) is skipped to its end, counted."""
+        size = os.fstat(fd).st_size
+        if size - self._offset <= self._max_backlog:
+            return
+        result.skipped_bytes += size - self._offset + len(self.partial)
+        self.partial = b""
+        # Resume at a line start: unless the byte before the new position ends a line, drop up to the next one.
+        self._discarding = os.pread(fd, 1, size - 1) != b"\n"
+        self._offset = os.lseek(fd, size, os.SEEK_SET)
+
+    def read(self) -> ReadResult:
+        result = ReadResult()
         if self._fd is None or self._replaced_or_truncated():
             self._open(at_end=False)  # a file that appeared or was replaced holds only new lines
-            if self._fd is None:
-                return []
-        chunks: list[bytes] = []
-        while True:
+        fd = self._fd
+        if fd is None:
+            return result
+        if self._regular:
+            self._skip_backlog(fd, result)
+        chunk_size = _KMSG_CHUNK if self.is_char_device else _FILE_CHUNK
+        budget = self._max_poll
+        for _ in range(_MAX_READS):
+            if budget <= 0:
+                break
             try:
-                chunk = os.read(self._fd, self._CHUNK)
+                # A kmsg read must fit a whole record; a file read stops at the budget.
+                chunk = os.read(fd, chunk_size if self.is_char_device else min(chunk_size, budget))
             except OSError as error:
                 if error.errno == errno.EPIPE:  # /dev/kmsg: records were overwritten; keep reading
+                    result.overwritten += 1
                     continue
                 if error.errno == errno.EAGAIN:
                     break
                 raise
             if not chunk:
                 break
+            budget -= len(chunk)
             self._offset += len(chunk)
-            chunks.append(chunk)
-        data = self._partial + b"".join(chunks)
-        *complete, self._partial = data.split(b"\n")
-        return [line.decode("utf-8", "replace") for line in complete]
+            self._split(chunk, result)
+        return result
+
+    def _split(self, data: bytes, result: ReadResult) -> None:
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                rest = len(data) - start
+                if self._discarding:
+                    result.skipped_bytes += rest
+                elif len(self.partial) + rest > self._max_line:
+                    result.too_long += 1
+                    result.skipped_bytes += len(self.partial) + rest
+                    self.partial, self._discarding = b"", True
+                else:
+                    self.partial += data[start:]
+                return
+            if self._discarding:
+                result.skipped_bytes += end - start + 1
+                self._discarding = False
+            else:
+                length = len(self.partial) + end - start
+                if length > self._max_line:
+                    result.too_long += 1
+                    result.skipped_bytes += length
+                else:
+                    result.lines.append(self.partial + data[start:end])
+                self.partial = b""
+            start = end + 1
 
     def close(self) -> None:
         if self._fd is not None:

@@ -4,6 +4,9 @@ One cycle: wait for kubelet.sock, serve our socket, Register, then watch. A kube
 detected three ways (whichever comes first): kubelet.sock recreated, our socket deleted, or ListAndWatch
 cancelled. Then the old server is stopped *before* registering again, because a late-closing old stream can
 tear down the new registration on kubelet < 1.37.
+
+`registration_problem()` answers live (from any thread) whether the resource is registered with the kubelet
+running now; it does not wait for the 50 ms watch to notice a restart.
 """
 
 from __future__ import annotations
@@ -41,13 +44,36 @@ class ResourceLifecycle:
         socket_dir: Path,
         make_servicer: Callable[[], DevicePluginServicer],
         metrics: PluginMetrics,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.resource = resource
         self._socket_dir = socket_dir
         self._kubelet_socket = socket_dir / KUBELET_SOCKET_NAME
         self._make_servicer = make_servicer
         self._metrics = metrics
+        self._on_change = on_change  # registration gained or lost: the serving state may have changed
         self._log = log.bind(resource=resource.value)
+        # The server registered with the kubelet whose kubelet.sock had this identity; one tuple, swapped whole.
+        self._registered: tuple[ResourceServer, tuple[int, int]] | None = None
+        self._ever_registered = False
+
+    def registration_problem(self) -> str | None:
+        name = self.resource.value
+        registered = self._registered
+        if registered is None:
+            if self._ever_registered:
+                return f"{name} not registered with kubelet again yet (kubelet restarted)"
+            return f"starting: {name} not registered with kubelet yet"
+        server, kubelet = registered
+        current = socket_identity(self._kubelet_socket)
+        if current != kubelet:
+            what = "kubelet.sock removed" if current is None else "kubelet.sock recreated"
+            return f"kubelet restarted ({what}): {name} not registered again yet"
+        if not server.socket_intact():
+            return f"{name}: the plugin socket was removed; registering again"
+        if not server.servicer.streaming:
+            return f"{name}: kubelet has no ListAndWatch stream open"
+        return None
 
     async def run(self) -> None:
         """Run until cancelled. SocketInUseError (another plugin holds our socket) propagates: it is fatal."""
@@ -72,10 +98,14 @@ class ResourceLifecycle:
             self._metrics.registrations.labels(self.resource.short, "ok").inc()
             self._metrics.registered.labels(self.resource.short).set(1)
             self._log.info("registration.ok", socket=str(server.socket_path))
+            self._registered, self._ever_registered = (server, kubelet), True
+            self._on_change()
             try:
                 reason = await self._watch(server, kubelet)
                 self._log.info("kubelet.restart_detected", reason=reason.value)
             finally:
+                self._registered = None
+                self._on_change()
                 self._metrics.registered.labels(self.resource.short).set(0)
                 await server.stop()
 
@@ -95,7 +125,11 @@ class ResourceLifecycle:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
 
     async def _watch(self, server: ResourceServer, kubelet: tuple[int, int]) -> Restart:
+        streaming = False
         while True:
+            if server.servicer.streaming != streaming:  # kubelet opened (or lost) ListAndWatch
+                streaming = not streaming
+                self._on_change()
             current = socket_identity(self._kubelet_socket)
             if current is None:
                 return Restart.KUBELET_SOCKET_REMOVED

@@ -1,7 +1,9 @@
 """`neuron-device-plugin`: wire the parts together and run them until SIGTERM.
 
-Signals only set an event. Shutdown then cancels every task, waits a bounded time, and reports what failed;
-each resource server removes its own socket as its task unwinds.
+Signals only set an event. Shutdown first marks the plugin not serving ("stopping": /readyz and the gauge at
+once) and waits a bounded time for the publisher to write that to the node, so the extender stops choosing
+this node while kubelet can still be served; then it cancels every task, waits a bounded time, and reports
+what failed; each resource server removes its own socket as its task unwinds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from neuronalloc import Resource
@@ -21,18 +23,24 @@ from neuronlog import configure_logging, get_logger
 from plugin.config import ConfigError, PluginConfig, load_config
 from plugin.discovery import Discovery, DiscoveryError, discover
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
+from plugin.httpserve import serve_http
 from plugin.kubeapi import INSTANCE_TYPE_LABEL, KubeApiError, KubeConfigError, NodeApi, connect
 from plugin.lifecycle import ResourceLifecycle
-from plugin.metrics import PluginMetrics, serve_http
+from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView
 from plugin.podresources import PodResourcesClient
 from plugin.publisher import Publisher
 from plugin.server import DevicePluginServicer
+from plugin.serving import Serving
 from plugin.sockets import SocketInUseError
+from plugin.threads import in_daemon_thread
 
 log = get_logger("plugin")
 
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
+# On SIGTERM, how long to wait for "stopping" to reach the node before stopping anyway (the API server may be
+# down). Kubelet's default grace period is 30 s; this plus SHUTDOWN_TIMEOUT_SECONDS stays well inside it.
+STOP_PUBLISH_TIMEOUT_SECONDS = 5.0
 LOOP_STALL_SECONDS = 10.0  # /healthz fails when the event loop has not ticked for this long
 
 
@@ -52,7 +60,7 @@ async def _node_label(api: NodeApi | None, config: PluginConfig) -> str | None:
     if api is None or config.instance_type:
         return None
     try:
-        labels = await asyncio.wait_for(asyncio.to_thread(api.node_labels, config.node_name), 15)
+        labels = await asyncio.wait_for(in_daemon_thread(api.node_labels, config.node_name), 15)
     except (KubeApiError, TimeoutError) as error:
         log.warning("discovery.node_label_unavailable", node=config.node_name, error=str(error))
         return None
@@ -72,16 +80,20 @@ def _log_discovery(found: Discovery) -> None:
     )
 
 
-def _health_sources(config: PluginConfig, found: Discovery) -> list[HealthSource]:
+def _health_sources(config: PluginConfig, found: Discovery, metrics: PluginMetrics) -> list[HealthSource]:
     count = found.topology.device_count
     sources: list[HealthSource] = [PresenceSource(config.device_root, count)]
     if config.hw_error_log:
-        sources.append(KernelLogSource(config.hw_error_log, count))
+        sources.append(KernelLogSource(config.hw_error_log, count, metrics=metrics))
     return sources
 
 
-async def _run_until_signal(jobs: Mapping[str, Coroutine[Any, Any, None]]) -> int:
-    """Run the jobs until SIGTERM/SIGINT or until one of them ends (a failure). 0 = clean stop."""
+async def _run_until_signal(
+    jobs: Mapping[str, Coroutine[Any, Any, None]], before_stop: Callable[[], Awaitable[None]]
+) -> int:
+    """Run the jobs until SIGTERM/SIGINT or until one of them ends (a failure). 0 = clean stop.
+
+    `before_stop` runs while every job still runs, before any is cancelled."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +110,7 @@ async def _run_until_signal(jobs: Mapping[str, Coroutine[Any, Any, None]]) -> in
         else:
             log.error("plugin.task_failed", task=task.get_name(), error=repr(error))
     log.info("plugin.stopping", reason="signal" if stop_task in done else "task_failed")
+    await before_stop()
     stop_task.cancel()
     for task in tasks:
         task.cancel()
@@ -124,21 +137,36 @@ async def run(config: PluginConfig) -> int:
 
     podresources = PodResourcesClient(config.pod_resources_socket, topology)
     view = NodeView(topology, podresources.list_holdings, clock=time.monotonic)
+    if config.advertise_address and not config.metrics_port:
+        log.warning("publish.no_plugin_address", reason="--metrics-port 0: there is no /readyz to advertise")
 
     def on_health_change(unhealthy: Mapping[int, str]) -> None:
         view.set_unhealthy(unhealthy)
         metrics.set_device_health(topology, frozenset(unhealthy))
 
-    sources = _health_sources(config, found)
+    sources = _health_sources(config, found, metrics)
     health = HealthMonitor(sources, on_health_change, clock=time.monotonic)
     health.check()  # the first device list kubelet sees is already correct
     metrics.set_device_health(topology, frozenset(health.unhealthy))  # also when all are healthy (no change)
-    publisher = Publisher(view, config.node_name, api, metrics)
 
     def servicer_for(resource: Resource) -> DevicePluginServicer:
         return DevicePluginServicer(
             resource, view, metrics, config.device_root, found.numa_nodes, on_allocated=publisher.trigger
         )
+
+    lifecycles = [
+        ResourceLifecycle(
+            resource,
+            config.kubelet_socket_dir,
+            functools.partial(servicer_for, resource),
+            metrics,
+            on_change=lambda: publisher.trigger(),
+        )
+        for resource in Resource
+    ]
+    serving = Serving(view, lifecycles)
+    metrics.watch_serving(serving.reason, view.podresources_age)
+    publisher = Publisher(view, config.node_name, api, metrics, serving, plugin_address=config.plugin_address)
 
     last_tick = time.monotonic()
 
@@ -152,22 +180,41 @@ async def run(config: PluginConfig) -> int:
     if config.metrics_port:
         try:
             http_server = serve_http(
-                metrics, config.metrics_port, lambda: time.monotonic() - last_tick < LOOP_STALL_SECONDS
+                metrics,
+                config.metrics_port,
+                is_alive=lambda: time.monotonic() - last_tick < LOOP_STALL_SECONDS,
+                readiness=serving.reason,
+                node=config.node_name,
             )
         except OSError as error:
             log.error("metrics.port_unavailable", port=config.metrics_port, error=str(error))
             await podresources.close()
             return 1
 
+    async def register_after_first_read(lifecycle: ResourceLifecycle) -> None:
+        # Kubelet admits pods as soon as devices are registered; before PodResources has answered, the plugin
+        # could only refuse them (it cannot tell what is in use), so it does not offer devices yet.
+        if not view.first_read.is_set():
+            log.info("registration.deferred", resource=lifecycle.resource.value, reason="podresources_not_read")
+            await view.first_read.wait()
+        await lifecycle.run()
+
     jobs: dict[str, Coroutine[Any, Any, None]] = {"health": health.run(), "publisher": publisher.run(), "tick": tick()}
-    for resource in Resource:
-        lifecycle = ResourceLifecycle(
-            resource, config.kubelet_socket_dir, functools.partial(servicer_for, resource), metrics
-        )
-        jobs[f"lifecycle-{resource.short}"] = lifecycle.run()
+    for lifecycle in lifecycles:
+        jobs[f"lifecycle-{lifecycle.resource.short}"] = register_after_first_read(lifecycle)
+
+    async def stop_serving() -> None:
+        serving.stopping = True
+        if api is None:
+            return
+        publisher.trigger()
+        try:
+            await asyncio.wait_for(publisher.stopping_published.wait(), STOP_PUBLISH_TIMEOUT_SECONDS)
+        except TimeoutError:
+            log.warning("publish.stopping_timeout", node=config.node_name, waited=STOP_PUBLISH_TIMEOUT_SECONDS)
 
     try:
-        exit_code = await _run_until_signal(jobs)
+        exit_code = await _run_until_signal(jobs, stop_serving)
     finally:
         await podresources.close()
         for source in sources:

@@ -1,4 +1,4 @@
-"""Every metric the plugin exports, and the /metrics + /healthz endpoint.
+"""Every metric the plugin exports (served on the metrics port by plugin/httpserve.py).
 
 Names are the public contract in docs/CONTRACTS.md. Label sets are zero-initialised so that dashboards and
 alerts see a 0, not a missing series, before the first event.
@@ -6,14 +6,11 @@ alerts see a 0, not a missing series, before the first event.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -24,6 +21,7 @@ from prometheus_client import (
 )
 
 from neuronalloc import Resource, Topology, largest_free_block
+from plugin.hwerrors import DROP_REASONS, HW_ERROR_KINDS
 from plugin.nodeview import Usage
 
 RPCS = ("GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation", "Allocate", "PreStartContainer")
@@ -31,6 +29,7 @@ ALLOCATION_RESULTS = ("ok", "invalid_argument", "failed_precondition")
 REGISTRATION_RESULTS = ("ok", "error")
 PUBLISH_ERROR_REASONS = ("podresources_unavailable", "apiserver_unreachable", "apiserver_rejected")
 STATES = ("healthy", "unhealthy", "allocated", "free")
+HTTP_REJECT_REASONS = ("too_many_connections", "deadline")
 _RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -77,6 +76,30 @@ class PluginMetrics:
         self.device_healthy = Gauge(
             "device_healthy", "1 = device healthy", ["device"], namespace=ns, subsystem=sub, registry=reg
         )
+        self.serving = Gauge(
+            "serving", "1 while the plugin can serve kubelet (registered, PodResources fresh, not stopping)",
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.podresources_age = Gauge(
+            "podresources_age_seconds", "Seconds since the last successful PodResources read (+Inf before the first)",
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.hw_errors = Counter(
+            "hw_errors", "Kernel NEURON_HW_ERR records accepted, by error kind", ["kind"],
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.kernel_log_dropped = Counter(
+            "kernel_log_dropped", "Kernel-log lines or records not acted on, by reason", ["reason"],
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.kernel_log_skipped_bytes = Counter(
+            "kernel_log_skipped_bytes", "Kernel-log bytes never parsed (backlog skipped, over-long lines)",
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.http_rejected = Counter(
+            "http_connections_rejected", "Metrics-port connections closed by a limit", ["reason"],
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
         self._zero_initialise()
 
     def _zero_initialise(self) -> None:
@@ -94,6 +117,18 @@ class PluginMetrics:
             self.cores.labels(state)
         for reason in PUBLISH_ERROR_REASONS:
             self.publish_errors.labels(reason)
+        for kind in HW_ERROR_KINDS:
+            self.hw_errors.labels(kind)
+        for reason in DROP_REASONS:
+            self.kernel_log_dropped.labels(reason)
+        for reason in HTTP_REJECT_REASONS:
+            self.http_rejected.labels(reason)
+        self.podresources_age.set(float("inf"))
+
+    def watch_serving(self, reason: Callable[[], str | None], podresources_age: Callable[[], float | None]) -> None:
+        """Compute the serving gauge and the PodResources age at scrape time, from the live state."""
+        self.serving.set_function(lambda: 1.0 if reason() is None else 0.0)
+        self.podresources_age.set_function(lambda: float("inf") if (age := podresources_age()) is None else age)
 
     @contextmanager
     def rpc_timer(self, rpc: str, resource: Resource) -> Iterator[None]:
@@ -133,34 +168,3 @@ class PluginMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def serve_http(
-    metrics: PluginMetrics, port: int, is_healthy: Callable[[], bool], host: str = ""
-) -> ThreadingHTTPServer:
-    """Serve /metrics and /healthz on a daemon thread; the caller shuts the server down."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                self._reply(200, CONTENT_TYPE_LATEST, metrics.exposition())
-            elif self.path == "/healthz":
-                ok = is_healthy()
-                self._reply(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
-            else:
-                self._reply(404, "text/plain", b"not found: try /metrics or /healthz\n")
-
-        def _reply(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    return server

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from neuronalloc import NodeState, Resource, Topology, free_sets
 from neuronlog import get_logger
@@ -21,6 +22,15 @@ log = get_logger(__name__)
 # An allocation PodResources never shows was rejected by kubelet after Allocate (admission failed); it
 # stops counting after this long. Kubelet records devices right after Allocate, so the window is short.
 PENDING_TTL_SECONDS = 30.0
+# PodResources is read every 2 s (publisher.POLL_SECONDS). A last successful read older than this means kubelet
+# has stopped answering, and what is in use is unknown: allocation decisions refuse until a fresh read.
+MAX_PODRESOURCES_AGE_SECONDS = 10.0
+
+
+class PodResourcesStatus(StrEnum):
+    FRESH = "fresh"
+    NEVER_READ = "never_read"
+    STALE = "stale"
 
 
 class Changes:
@@ -92,6 +102,8 @@ class NodeView:
         self.unhealthy: Mapping[int, str] = {}
         self.holdings = PodHoldings(pods={})
         self.observed_at: datetime | None = None  # None until PodResources first answered
+        self.read_at: float | None = None  # clock time of the last successful PodResources read
+        self.first_read = asyncio.Event()  # set once PodResources has answered
         self.health_changes = Changes()  # device lists for ListAndWatch
         self._refresh_lock = asyncio.Lock()
 
@@ -112,7 +124,34 @@ class NodeView:
             holdings = await self._read_holdings()
             self.holdings = holdings
             self.observed_at = datetime.now(UTC).replace(microsecond=0)
-            self.ledger.reconcile(holdings, self._clock())
+            self.read_at = self._clock()
+            self.ledger.reconcile(holdings, self.read_at)
+            self.first_read.set()
+
+    # -- freshness ---------------------------------------------------------------------------------------
+    def podresources_age(self) -> float | None:
+        """Seconds since the last successful PodResources read; None before the first."""
+        return None if self.read_at is None else max(self._clock() - self.read_at, 0.0)
+
+    def podresources_status(self) -> PodResourcesStatus:
+        age = self.podresources_age()
+        if age is None:
+            return PodResourcesStatus.NEVER_READ
+        return PodResourcesStatus.STALE if age > MAX_PODRESOURCES_AGE_SECONDS else PodResourcesStatus.FRESH
+
+    def podresources_problem(self) -> str | None:
+        """Why the view cannot say what is in use (never read, or read too long ago); None when it can.
+
+        Safe to call from another thread (it reads two floats)."""
+        age = self.podresources_age()
+        if age is None:
+            return "kubelet's PodResources has not answered since the plugin started"
+        if age > MAX_PODRESOURCES_AGE_SECONDS:
+            return (
+                f"the last successful read of kubelet's PodResources is {age:.1f} s old "
+                f"(limit {MAX_PODRESOURCES_AGE_SECONDS:.0f} s)"
+            )
+        return None
 
     # -- views -------------------------------------------------------------------------------------------
     def is_healthy(self, device: int) -> bool:
@@ -139,7 +178,9 @@ class NodeView:
             return free_sets(self.topology, (), self.used(Resource.NEURONCORE), unhealthy)[0]
         return free_sets(self.topology, self.used(Resource.NEURON), (), unhealthy)[1]
 
-    def node_state(self, usage: Usage | None = None) -> NodeState | None:
+    def node_state(
+        self, usage: Usage | None = None, *, not_serving_reason: str | None = None, plugin_address: str = ""
+    ) -> NodeState | None:
         """The state to publish, or None before PodResources has answered once.
 
         Pass `usage` when it was just computed, to spare a second free_sets over the same inputs.
@@ -155,4 +196,7 @@ class NodeView:
             unhealthy_devices=usage.unhealthy_devices,
             pods=self.holdings.pods,
             observed_at=self.observed_at,
+            serving=not_serving_reason is None,
+            not_serving_reason=not_serving_reason or "",
+            plugin_address=plugin_address,
         )

@@ -5,6 +5,7 @@ There is no "free" RPC in the device-plugin API, so this is the plugin's only vi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from neuronalloc import PodHolding, Resource, Topology
+from neuronalloc.text import shorten
 from neuronlog import get_logger
 from plugin._proto.podresources.v1 import api_pb2 as pr_pb2
 from plugin._proto.podresources.v1 import api_pb2_grpc as pr_grpc
@@ -19,6 +21,13 @@ from plugin._proto.podresources.v1 import api_pb2_grpc as pr_grpc
 log = get_logger(__name__)
 
 LIST_TIMEOUT_SECONDS = 5.0
+# kubelet's own PodResources clients accept answers up to 16 MiB; a larger one is refused by gRPC, not parsed.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+IGNORED_ID_SAMPLE = 10  # ignored IDs kept (shortened) to show in a warning; the rest are only counted
+# Kubernetes names: a namespace is a DNS label, a pod name a DNS subdomain. A key that is neither cannot be a
+# real pod; its hardware still counts as used, but it is not listed in the published state.
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 class PodResourcesUnavailable(RuntimeError):
@@ -27,32 +36,57 @@ class PodResourcesUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class PodHoldings:
-    """One PodResources answer, reduced to the Neuron hardware each pod holds."""
+    """One PodResources answer, reduced to the Neuron hardware held on this node.
+
+    `used_devices` / `used_cores` count every valid ID of every pod. `pods` lists who holds them, bounded by
+    what the published state may carry: well-formed pod names, at most one pod per device and core.
+    """
 
     pods: Mapping[str, PodHolding]  # "namespace/name" -> holding
-    ignored_ids: tuple[str, ...] = field(default=())  # IDs that name no device or core of this node
+    used_devices: frozenset[int] = frozenset()
+    used_cores: frozenset[int] = frozenset()
+    ignored_ids: tuple[str, ...] = field(default=())  # a shortened sample of IDs that name nothing here
+    ignored_count: int = 0
+    unlisted_pods: int = 0  # pods holding hardware that `pods` leaves out (bad name, or over the bound)
 
-    @property
-    def used_devices(self) -> frozenset[int]:
-        return frozenset().union(*(h.devices for h in self.pods.values()))
-
-    @property
-    def used_cores(self) -> frozenset[int]:
-        return frozenset().union(*(h.cores for h in self.pods.values()))
+    @classmethod
+    def of(cls, pods: Mapping[str, PodHolding]) -> PodHoldings:
+        """Holdings from a listing alone (tests, and callers that build one by hand)."""
+        return cls(
+            pods=pods,
+            used_devices=frozenset().union(*(h.devices for h in pods.values())),
+            used_cores=frozenset().union(*(h.cores for h in pods.values())),
+        )
 
 
 def parse_unit_id(raw: str, limit: int) -> int | None:
-    """A device/core ID as kubelet reports it ("0".."limit-1"), or None if it names nothing on this node."""
+    """A device/core ID as kubelet reports it ("0".."limit-1"), or None if it names nothing on this node.
+
+    The length is checked before int(), so a 5,000-digit string costs a comparison, not a ValueError."""
+    if not raw or len(raw) > len(str(max(limit - 1, 0))):
+        return None
     if not raw.isascii() or not raw.isdigit() or (len(raw) > 1 and raw[0] == "0"):
         return None
     value = int(raw)
     return value if value < limit else None
 
 
+def _pod_key(pod: pr_pb2.PodResources) -> str | None:
+    namespace, name = pod.namespace, pod.name
+    if _NAMESPACE.fullmatch(namespace) and _POD_NAME.fullmatch(name):
+        return f"{namespace}/{name}"
+    return None
+
+
 def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: Topology) -> PodHoldings:
     """Sum every container's Neuron devices and cores per pod; pods holding none are left out."""
     held: dict[str, tuple[set[int], set[int]]] = {}
+    used_devices: set[int] = set()
+    used_cores: set[int] = set()
     ignored: list[str] = []
+    ignored_count = 0
+    unlisted = 0
+    max_listed = topology.device_count + topology.core_count  # each listed pod holds at least one unit
     for pod in pods:
         devices: set[int] = set()
         cores: set[int] = set()
@@ -66,17 +100,29 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
                     continue
                 for raw in entry.device_ids:
                     unit = parse_unit_id(raw, limit)
-                    if unit is None:
-                        ignored.append(raw)
-                    else:
+                    if unit is not None:
                         target.add(unit)
-        if devices or cores:
-            key = f"{pod.namespace}/{pod.name}"
-            previous = held.get(key, (set(), set()))
-            held[key] = (previous[0] | devices, previous[1] | cores)
+                        continue
+                    ignored_count += 1
+                    if len(ignored) < IGNORED_ID_SAMPLE:
+                        ignored.append(shorten(raw, 40))
+        if not (devices or cores):
+            continue
+        used_devices |= devices
+        used_cores |= cores
+        key = _pod_key(pod)
+        if key is None or (key not in held and len(held) >= max_listed):
+            unlisted += 1
+            continue
+        previous = held.get(key, (set(), set()))
+        held[key] = (previous[0] | devices, previous[1] | cores)
     return PodHoldings(
         pods={key: PodHolding(frozenset(d), frozenset(c)) for key, (d, c) in sorted(held.items())},
+        used_devices=frozenset(used_devices),
+        used_cores=frozenset(used_cores),
         ignored_ids=tuple(ignored),
+        ignored_count=ignored_count,
+        unlisted_pods=unlisted,
     )
 
 
@@ -85,10 +131,13 @@ class PodResourcesClient:
         self._target = f"unix://{socket_path.absolute()}"
         self._topology = topology
         self._channel: grpc.aio.Channel | None = None
+        self._reported: tuple[tuple[str, ...], int] = ((), 0)
 
     async def list_holdings(self) -> PodHoldings:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            self._channel = grpc.aio.insecure_channel(
+                self._target, options=[("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
+            )
         stub = pr_grpc.PodResourcesListerStub(self._channel)
         try:
             response = await stub.List(pr_pb2.ListPodResourcesRequest(), timeout=LIST_TIMEOUT_SECONDS)
@@ -97,8 +146,16 @@ class PodResourcesClient:
                 f"PodResources List on {self._target} failed: {error.code().name}: {error.details()}"
             ) from None
         holdings = holdings_from_pod_resources(response.pod_resources, self._topology)
-        if holdings.ignored_ids:
-            log.warning("podresources.ignored_ids", ids=",".join(holdings.ignored_ids))
+        anomalies = (holdings.ignored_ids, holdings.unlisted_pods)
+        if anomalies != self._reported and (holdings.ignored_count or holdings.unlisted_pods):
+            # Logged when what is odd changes, not on every 2 s poll.
+            log.warning(
+                "podresources.ignored_ids",
+                ids=",".join(holdings.ignored_ids),
+                count=holdings.ignored_count,
+                unlisted_pods=holdings.unlisted_pods,
+            )
+        self._reported = anomalies
         return holdings
 
     async def close(self) -> None:

@@ -5,6 +5,11 @@ poll (there is no "free" RPC, so a poll is how released hardware is seen). Nothi
 annotations are merge-patched only when they change (plus a slow heartbeat so readers can tell a live plugin
 from a dead one). When the API server is unreachable the plugin keeps serving kubelet; writes back off and
 the newest state is written once it answers.
+
+The state carries whether the plugin is serving (plugin/serving.py). Before PodResources has answered there
+is no state to write, so only `serving` (not serving, and why) and `plugin-address` are patched, leaving
+whatever an earlier instance wrote marked as not serving. This publisher is the only writer: on SIGTERM it
+writes "stopping" next, without a PodResources read and without waiting out a backoff.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import time
 from collections.abc import Callable, Mapping
 
 from neuronalloc import encode_node_state
-from neuronalloc.nodestate import ALL_KEYS, FREE_CORES, FREE_DEVICES, OBSERVED_AT
+from neuronalloc.nodestate import ALL_KEYS, FREE_CORES, FREE_DEVICES, MAX_REASON, OBSERVED_AT, PLUGIN_ADDRESS, SERVING
+from neuronalloc.text import shorten
 from neuronlog import get_logger
 from plugin.kubeapi import KubeApiError, NodeApi
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView, Usage
 from plugin.podresources import PodResourcesUnavailable
+from plugin.serving import STOPPING, Serving
+from plugin.threads import in_daemon_thread
 
 log = get_logger(__name__)
 
@@ -59,16 +67,22 @@ class Publisher:
         node_name: str,
         api: NodeApi | None,
         metrics: PluginMetrics,
+        serving: Serving,
         *,
+        plugin_address: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._view = view
         self._node = node_name
         self._api = api
         self._metrics = metrics
+        self._serving = serving
+        self._plugin_address = plugin_address
         self._clock = clock
         self._wake = asyncio.Event()
         self._written: dict[str, str] | None = None
+        self._written_full = False  # False: _written is only the serving keys (no state was known)
+        self.stopping_published = asyncio.Event()  # set once "stopping" is on the node
         self._written_at = 0.0
         self._backoff = 0.0
         self._next_attempt = 0.0
@@ -87,6 +101,10 @@ class Publisher:
             self._wake.clear()
 
     async def refresh_once(self) -> None:
+        if self._serving.stopping:  # only "stopping" is left to write: no read, nothing to wait for
+            if self._api is not None:
+                await self._publish(self._api, self._usage())
+            return
         try:
             await self._view.refresh()
             if self._podresources_ok is not True:
@@ -97,26 +115,40 @@ class Publisher:
             if self._podresources_ok is not False:  # log transitions, count every failure
                 log.warning("podresources.unavailable", error=str(error))
             self._podresources_ok = False
-        usage: Usage | None = None
-        if self._view.observed_at is not None:  # before PodResources answers, usage is unknown, not zero
-            usage = self._view.usage()
+        usage = self._usage()
+        if usage is not None:
             self._metrics.set_usage(self._view.topology, usage)
         if self._api is not None:
             await self._publish(self._api, usage)
 
+    def _usage(self) -> Usage | None:
+        # Before PodResources answers, usage is unknown, not zero.
+        return self._view.usage() if self._view.observed_at is not None else None
+
+    def _desired(self, usage: Usage | None) -> tuple[dict[str, str], bool]:
+        """The annotations to have, and whether they are the whole state (else only the serving keys)."""
+        reason = self._serving.reason()
+        state = None
+        if usage is not None:
+            state = self._view.node_state(usage, not_serving_reason=reason, plugin_address=self._plugin_address)
+        if state is not None:
+            return encode_node_state(state), True
+        desired = {SERVING: "true" if reason is None else shorten(reason, MAX_REASON)}
+        if self._plugin_address:
+            desired[PLUGIN_ADDRESS] = self._plugin_address
+        return desired, False
+
     async def _publish(self, api: NodeApi, usage: Usage | None) -> None:
         now = self._clock()
-        if usage is None or now < self._next_attempt:
-            return  # nothing known yet, or backing off: building the state would be wasted
-        state = self._view.node_state(usage)
-        if state is None:
-            return
-        desired = encode_node_state(state)
+        if now < self._next_attempt and not self._serving.stopping:
+            return  # backing off: building the state would be wasted
+        desired, full = self._desired(usage)
         if not needs_write(desired, self._written, now - self._written_at):
             return
-        patch = annotation_patch(desired, self._written)
+        # A partial write leaves the other keys alone: they are an earlier state, now marked not serving.
+        patch = annotation_patch(desired, self._written if self._written_full else None) if full else dict(desired)
         try:
-            await asyncio.to_thread(api.patch_node_annotations, self._node, patch)
+            await in_daemon_thread(api.patch_node_annotations, self._node, patch)
         except KubeApiError as error:
             reason = "apiserver_unreachable" if error.unreachable else "apiserver_rejected"
             self._metrics.publish_errors.labels(reason).inc()
@@ -124,13 +156,16 @@ class Publisher:
             self._next_attempt = now + self._backoff
             log.warning("publish.failed", node=self._node, reason=reason, error=str(error), retry_in=self._backoff)
             return
-        self._written, self._written_at = desired, now
+        self._written, self._written_full, self._written_at = desired, full, now
         self._backoff, self._next_attempt = 0.0, 0.0
         self._metrics.last_publish.set(time.time())
+        if desired[SERVING] == STOPPING:
+            self.stopping_published.set()
         log.info(
             "publish.ok",
             node=self._node,
+            serving=desired[SERVING],
             free_devices=desired.get(FREE_DEVICES, ""),
             free_cores=desired.get(FREE_CORES, ""),
-            pods=len(state.pods),
+            pods=len(self._view.holdings.pods) if full else 0,
         )

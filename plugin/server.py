@@ -29,6 +29,10 @@ from plugin.sockets import prepare_socket, remove_socket_if_ours, socket_identit
 log = get_logger(__name__)
 
 HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"
+# Kubelet's requests are a few kilobytes (one container, at most every ID of the node). gRPC refuses larger
+# ones itself, before they are parsed; concurrent calls are capped for the same reason.
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_CONCURRENT_RPCS = 64
 _STATUS = {
     Rejection.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     Rejection.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
@@ -53,6 +57,11 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self._on_allocated = on_allocated
         self._log = log.bind(resource=resource.value)
         self.stream_ended = asyncio.Event()  # kubelet's ListAndWatch went away: time to register again
+        self.open_streams = 0  # ListAndWatch streams that have delivered their first device list
+
+    @property
+    def streaming(self) -> bool:
+        return self.open_streams > 0
 
     # -- device list -------------------------------------------------------------------------------------
     def device_list(self) -> dp_pb2.ListAndWatchResponse:
@@ -83,20 +92,41 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self._log.info("listandwatch.started")
         changes = self._view.health_changes
         seen = changes.version
+        counted = False
         try:
             while True:
                 with self._metrics.rpc_timer("ListAndWatch", self.resource):
                     update = self.device_list()
                 yield update
+                if not counted:  # resumed after the first list was written: kubelet has the devices now
+                    counted = True
+                    self.open_streams += 1
                 seen = await changes.wait_past(seen)
         finally:
+            if counted:
+                self.open_streams -= 1
             self._log.info("listandwatch.ended")
             self.stream_ended.set()
+
+    async def _refuse_extra_containers(
+        self, count: int, rpc: str, event: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Every container request needs its own hardware, so more of them than the node has units is wrong."""
+        limit = self._view.topology.unit_count(self.resource)
+        if count > limit:
+            message = f"{count} container requests in one {rpc}; this node has {limit} {self.resource.units}"
+            if rpc == "Allocate":
+                self._metrics.allocations.labels(self.resource.short, Rejection.INVALID_ARGUMENT.value).inc()
+            self._log.warning(event, rule="too_many_containers", message=message)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
     async def GetPreferredAllocation(
         self, request: dp_pb2.PreferredAllocationRequest, context: grpc.aio.ServicerContext
     ) -> dp_pb2.PreferredAllocationResponse:
         with self._metrics.rpc_timer("GetPreferredAllocation", self.resource):
+            await self._refuse_extra_containers(
+                len(request.container_requests), "GetPreferredAllocation", "preferred_allocation.rejected", context
+            )
             responses = []
             for container in request.container_requests:
                 decide = functools.partial(
@@ -115,7 +145,7 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
                         ids=rejected.ids,
                         rule=rejected.rule,
                         size=container.allocation_size,
-                        available=",".join(container.available_deviceIDs),
+                        available=allocation.show_ids(container.available_deviceIDs),
                         message=rejected.message,
                     )
                     await context.abort(_STATUS[rejected.kind], rejected.message)
@@ -128,6 +158,9 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self, request: dp_pb2.AllocateRequest, context: grpc.aio.ServicerContext
     ) -> dp_pb2.AllocateResponse:
         with self._metrics.rpc_timer("Allocate", self.resource):
+            await self._refuse_extra_containers(
+                len(request.container_requests), "Allocate", "allocate.rejected", context
+            )
             blocks: list[tuple[int, ...]] = []
             for container in request.container_requests:
                 ids = list(container.devices_ids)
@@ -209,7 +242,10 @@ class ResourceServer:
         if self.state is not ServerState.NEW:
             raise RuntimeError(f"server for {self.socket_path} cannot start from state {self.state.value}")
         prepare_socket(self.socket_path)  # raises SocketInUseError if another process serves it
-        server = grpc.aio.server()
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        )
         dp_grpc.add_DevicePluginServicer_to_server(self.servicer, server)
         server.add_insecure_port(f"unix://{self.socket_path.absolute()}")
         self._server = server

@@ -487,12 +487,16 @@ class Cluster:
         return out
 
     def inject_hw_error(self, name: str, device: int, kind: str = "SRAM_UNCORRECTABLE_ERROR") -> None:
-        """Append a Neuron driver hardware-error line for `device` to the node's kernel-log stand-in."""
+        """Append a Neuron driver hardware-error message for `device` to the node's kernel-log stand-in, as a
+        syslog daemon writes a kernel message to a file (traditional format: time, host, `kernel:` tag)."""
+        import time  # local: only this method of the harness is the plugin's to change
+
         node = self.nodes[name]
+        stamp = time.strftime("%b %e %H:%M:%S")
         with node.hw_error_log.open("a") as log:
             log.write(
-                f"kernel: NEURON_HW_ERR={kind} instance-id=i-neuronsim hostname={name} nd-id={device} "
-                "nc-id=0 action=CONTACT_SUPPORT\n"
+                f"{stamp} {name} kernel: NEURON_HW_ERR={kind} instance-id=i-neuronsim hostname={name} "
+                f"nd-id={device} nc-id=0 action=CONTACT_SUPPORT\n"
             )
 
     def remove_node(self, name: str) -> None:

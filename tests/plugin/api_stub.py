@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ class FakeApiServer:
         self.labels = labels or {}
         self.annotations: dict[str, str] = {}
         self.status = 200  # set to 5xx/4xx to make every request fail
+        self.delay = 0.0  # seconds to hold every request before answering (a hanging API server)
+        self.on_patch: Callable[[dict[str, Any]], None] | None = None  # sees each PATCH body as it arrives
         self.lock = threading.Lock()
         outer = self
 
@@ -24,6 +28,10 @@ class FakeApiServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
+                if outer.on_patch is not None and self.command == "PATCH" and body:
+                    outer.on_patch(body)
+                if outer.delay:
+                    time.sleep(outer.delay)
                 with outer.lock:
                     outer.requests.append(
                         {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from neuronalloc import Resource, check_block, resolve_topology
 from plugin.allocation import AllocationRejected, Rejection, grant, preferred, validate
-from plugin.nodeview import NodeView
-from plugin.podresources import PodHoldings, holdings_from_pod_resources
+from plugin.nodeview import MAX_PODRESOURCES_AGE_SECONDS, NodeView
+from plugin.podresources import PodHoldings, PodResourcesUnavailable, holdings_from_pod_resources
 from tests.plugin.kubelet_stub import pod_resources
 
 TOPOLOGIES = [resolve_topology(t, n) for t, n in (("inf2.48xlarge", 12), ("trn1.32xlarge", 16), ("inf1.6xlarge", 4))]
@@ -82,3 +82,90 @@ def test_grant_for_cores_and_devices() -> None:
     assert cores.envs == {"NEURON_RT_VISIBLE_CORES": "3-4", "AWS_NEURON_VISIBLE_DEVICES": "1-2"}
     devices = grant(topology, Path("/dev"), Resource.NEURON, (10, 11))
     assert devices.envs == {"NEURON_RT_VISIBLE_CORES": "20-23", "AWS_NEURON_VISIBLE_DEVICES": "10-11"}
+
+
+@given(
+    st.one_of(st.text(), st.text(alphabet="0123456789", min_size=1), st.integers(4000, 6000).map(lambda n: "7" * n)),
+    st.integers(0, 2000),
+)
+def test_parse_unit_id_never_raises(raw: str, limit: int) -> None:
+    from plugin.podresources import parse_unit_id
+
+    unit = parse_unit_id(raw, limit)
+    assert unit is None or (0 <= unit < limit and raw == str(unit))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.one_of(st.text(max_size=60), st.integers(4000, 6000).map(lambda n: "8" * n)), max_size=40),
+    st.sampled_from(list(Resource)),
+)
+def test_validate_and_preferred_raise_only_their_own_error_with_a_short_message(
+    raw_ids: list[str], resource: Resource
+) -> None:
+    view = make_view(1, frozenset())
+    for decide in (
+        lambda: validate(view, resource, raw_ids),
+        lambda: preferred(view, resource, raw_ids, raw_ids[:3], 4),
+    ):
+        try:
+            decide()
+        except AllocationRejected as rejected:
+            assert 0 < len(rejected.message) <= 600 and len(rejected.ids) <= 120
+
+
+def test_more_ids_than_the_node_has_are_refused_without_listing_them() -> None:
+    view = make_view(1, frozenset())  # trn1: 16 devices
+    many = [str(i) for i in range(10_000)]
+    with pytest.raises(AllocationRejected) as caught:
+        validate(view, Resource.NEURON, many)
+    assert (caught.value.kind, caught.value.rule) == (Rejection.INVALID_ARGUMENT, "too_many_ids")
+    assert "10000 aws.amazon.com/neuron IDs" in caught.value.message and len(caught.value.message) <= 600
+    with pytest.raises(AllocationRejected, match=r"10000 aws\.amazon\.com/neuron IDs offered"):
+        preferred(view, Resource.NEURON, many, [], 4)
+
+
+def unread_view(topology_index: int = 1) -> NodeView:
+    async def unreachable() -> PodHoldings:
+        raise PodResourcesUnavailable("stub: connection refused")
+
+    return NodeView(TOPOLOGIES[topology_index], unreachable, clock=lambda: 0.0)
+
+
+def test_without_a_podresources_read_both_decisions_refuse_and_say_why() -> None:
+    view = unread_view()  # trn1; PodResources never answered: what is in use is unknown, not "nothing"
+    with pytest.raises(PodResourcesUnavailable):
+        asyncio.run(view.refresh())
+    for decide in (
+        lambda: validate(view, Resource.NEURONCORE, [str(c) for c in range(8)]),
+        lambda: preferred(view, Resource.NEURONCORE, [str(c) for c in range(32)], [], 8),
+    ):
+        with pytest.raises(AllocationRejected) as caught:
+            decide()
+        assert (caught.value.kind, caught.value.rule) == (Rejection.FAILED_PRECONDITION, "podresources_stale")
+        assert "PodResources" in caught.value.message and "kubelet retries" in caught.value.message
+
+
+def test_a_podresources_read_older_than_the_bound_refuses_until_a_fresh_one() -> None:
+    now = [100.0]
+    answers: list[PodHoldings | Exception] = [PodHoldings(pods={})]
+
+    async def read() -> PodHoldings:
+        answer = answers[-1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    view = NodeView(TOPOLOGIES[1], read, clock=lambda: now[0])
+    asyncio.run(view.refresh())
+    now[0] += MAX_PODRESOURCES_AGE_SECONDS - 0.5
+    assert validate(view, Resource.NEURON, ["0"]) == (0,)
+    answers.append(PodResourcesUnavailable("stub: kubelet is restarting"))
+    with pytest.raises(PodResourcesUnavailable):
+        asyncio.run(view.refresh())  # a failed read leaves the last good one in place
+    now[0] += 1.0
+    with pytest.raises(AllocationRejected, match=r"10\.5 s old .*limit 10 s"):
+        validate(view, Resource.NEURON, ["0"])
+    answers.append(PodHoldings(pods={}))
+    asyncio.run(view.refresh())
+    assert validate(view, Resource.NEURON, ["0"]) == (0,)

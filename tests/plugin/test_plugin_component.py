@@ -95,6 +95,16 @@ def test_instance_type_from_device_count_and_sysfs_core_count(inf2: Cluster) -> 
     endpoints[NEURONCORE].wait_for_devices(lambda d: len(d) == 24)
 
 
+def test_a_dev_of_a_thousand_entries_advertises_the_instance_type_s_twelve_devices() -> None:
+    with fake_cluster(1000, core_count=2) as cluster:
+        endpoints = start(cluster, "inf2.48xlarge")
+        endpoints[NEURON].wait_for_devices(lambda d: len(d) == 12)
+        endpoints[NEURONCORE].wait_for_devices(lambda d: len(d) == 24)
+        assert cluster.plugin is not None
+        event = cluster.plugin.wait_event("discovery.devices_ignored")
+        assert (event["names"], event["count"]) == ("neuron12-999", 988)
+
+
 def test_unknown_instance_type_falls_back_to_a_linear_chain_and_says_so() -> None:
     with fake_cluster(3, core_count=2) as cluster:
         endpoints = start(cluster)
@@ -189,6 +199,9 @@ def test_allocate_cores_spanning_two_devices(inf2: Cluster) -> None:
         (NEURON, ["2", "3", "4", "5"], grpc.StatusCode.INVALID_ARGUMENT, "[2-5]"),
         (NEURONCORE, ["0", "2"], grpc.StatusCode.INVALID_ARGUMENT, "[0,2]"),
         (NEURONCORE, [], grpc.StatusCode.INVALID_ARGUMENT, "empty"),
+        # A 5,000-digit ID once escaped as a ValueError from int() (gRPC UNKNOWN).
+        (NEURON, ["9" * 5000], grpc.StatusCode.INVALID_ARGUMENT, "unknown aws.amazon.com/neuron IDs [999999"),
+        (NEURONCORE, ["0", "1" * 5000], grpc.StatusCode.INVALID_ARGUMENT, "unknown aws.amazon.com/neuroncore IDs"),
     ],
 )
 def test_allocate_rejects_invalid_requests(
@@ -198,6 +211,33 @@ def test_allocate_rejects_invalid_requests(
     error = allocate_error(endpoints[resource], request_ids)
     assert error.code() == code
     assert words in (error.details() or "")
+
+
+def test_ten_thousand_ids_are_refused_with_a_short_message(trn1: Cluster) -> None:
+    """The message once listed every ID, and gRPC refused the oversized status (RESOURCE_EXHAUSTED)."""
+    endpoints = start(trn1, "trn1.32xlarge")
+    many = [str(i) for i in range(10_000)]
+    error = allocate_error(endpoints[NEURON], many)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10000" in (error.details() or "") and len(error.details() or "") <= 600
+    unknown = allocate_error(endpoints[NEURONCORE], [f"x{i}" for i in range(5_000)])
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT and len(unknown.details() or "") <= 600
+    # An ID kubelet offers that names nothing here is left out (no block remains), never a crash.
+    cases = (
+        (many, [], "INVALID_ARGUMENT"),
+        (ids(0), many, "INVALID_ARGUMENT"),
+        (["9" * 5000], [], "FAILED_PRECONDITION"),
+    )
+    for available, must, code in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            preferred(endpoints[NEURON], available, 4, must)
+        assert caught.value.code().name == code
+        assert len(caught.value.details() or "") <= 600
+    with pytest.raises(grpc.RpcError) as too_many:
+        many_containers = [dp_pb2.ContainerAllocateRequest(devices_ids=["0"]) for _ in range(1_000)]
+        endpoints[NEURON].stub.Allocate(dp_pb2.AllocateRequest(container_requests=many_containers), timeout=10)
+    assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert allocate(endpoints[NEURON], ids(0)).envs["AWS_NEURON_VISIBLE_DEVICES"] == "0"  # still serving
 
 
 def test_allocate_refuses_unhealthy_devices(trn1: Cluster) -> None:
@@ -254,12 +294,15 @@ def test_device_missing_at_start_is_listed_unhealthy(trn1: Cluster) -> None:
 
 
 def test_kernel_log_hardware_error_marks_its_device_unhealthy(trn1: Cluster) -> None:
-    kmsg = trn1.root / "kmsg"
-    kmsg.write_text("NEURON_HW_ERR=DMA_ERROR nd-id=1 (before start: not replayed)\n")
+    kmsg = trn1.root / "kern.log"  # what a syslog daemon writes for kernel messages
+    kmsg.write_text("Nov 22 02:05:50 h kernel: NEURON_HW_ERR=DMA_ERROR nd-id=1 (before start: not replayed)\n")
     endpoints = start(trn1, "trn1.32xlarge", ["--hw-error-log", str(kmsg)])
     endpoints[NEURON].wait_for_devices(lambda d: len(d) == 16)
     with kmsg.open("a") as log:
-        log.write("[ 812.3] NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR instance-id=i-0 hostname=h nd-id=9 nc-id=0\n")
+        log.write(
+            "Nov 22 02:05:56 h kernel: [ 812.3] NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR instance-id=i-0 hostname=h "
+            "nd-id=9 nc-id=0\n"
+        )
     endpoints[NEURON].wait_for_devices(lambda d: d["9"] == "Unhealthy")
     assert [k for k, v in endpoints[NEURON].latest().items() if v == "Unhealthy"] == ["9"]
 

@@ -25,6 +25,7 @@ def test_defaults_fit_a_real_node() -> None:
     assert config.logical_nc_config == Path("/opt/aws/neuron/logical_nc_config")
     assert config.hw_error_log == ""
     assert config.log_level == "info"
+    assert config.advertise_address == "" and config.plugin_address == ""
 
 
 def test_env_var_fills_an_absent_flag_and_the_flag_wins() -> None:
@@ -37,7 +38,8 @@ def test_env_var_fills_an_absent_flag_and_the_flag_wins() -> None:
 
 def test_every_flag_has_an_upper_snake_case_env_var() -> None:
     for flag in FLAGS:
-        value = "0" if flag.name == "metrics-port" else ("debug" if flag.name == "log-level" else "x")
+        special = {"metrics-port": "0", "log-level": "debug", "advertise-address": "10.0.0.1"}
+        value = special.get(flag.name, "x")
         from_env = load_config([], {flag.env_var: value})
         from_flag = load_config([f"--{flag.name}", value], {})
         assert from_env == from_flag, flag.name
@@ -65,3 +67,30 @@ def test_bad_values_are_named(argv: list[str], env: dict[str, str], words: str) 
 
 def test_longest_endpoint_name_is_the_longest_socket_the_plugin_serves() -> None:
     assert max((socket_name(r) for r in Resource), key=len) == LONGEST_ENDPOINT_NAME
+
+
+@pytest.mark.parametrize(
+    ("argv", "address"),
+    [
+        ([], ""),
+        (["--advertise-address", "10.0.1.7"], "10.0.1.7:9410"),
+        (["--advertise-address", "fd00::7", "--metrics-port", "9000"], "[fd00::7]:9000"),
+        (["--advertise-address", "[fd00::7]"], "[fd00::7]:9410"),
+        (["--advertise-address", "10.0.1.7", "--metrics-port", "0"], ""),  # no port, nothing to probe
+    ],
+)
+def test_advertise_address_gives_the_plugin_address(argv: list[str], address: str) -> None:
+    config = load_config(argv, {})
+    assert config.plugin_address == address
+    if address:
+        from neuronalloc.nodestate import parse_plugin_address
+
+        assert parse_plugin_address(address) == address
+
+
+@pytest.mark.parametrize("value", ["node-a.example", "10.0.1", "10.0.1.7:9410", "x" * 5000])
+def test_advertise_address_must_be_an_ip(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"advertise-address: .* is not an IP address") as caught:
+        load_config(["--advertise-address", value], {})
+    assert len(str(caught.value)) < 200
+    assert load_config([], {"ADVERTISE_ADDRESS": "10.0.0.9"}).advertise_address == "10.0.0.9"

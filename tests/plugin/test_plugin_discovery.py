@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from neuronalloc import Rule
+from neuronalloc.nodestate import MAX_CORES_PER_DEVICE, MAX_DEVICES
 from plugin.discovery import Discovery, DiscoveryError, TypeSource, discover, read_logical_nc, scan_devices
 from tests.plugin.kubelet_stub import FakeNode
+
+
+def warnings(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    return [
+        getattr(r, "neuron_fields", {})
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.getMessage() == event
+    ]
 
 
 def run(node: FakeNode, flag: str = "", label: str | None = None) -> Discovery:
@@ -26,6 +37,67 @@ def test_scan_finds_only_neuron_n_entries(tmp_path: Path) -> None:
         (tmp_path / name).write_text("")
     assert scan_devices(tmp_path) == {0, 11}
     assert scan_devices(tmp_path / "absent") == frozenset()
+
+
+def test_scan_accepts_only_canonical_ascii_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # "neuron01" and non-ASCII digits (Arabic-Indic one, fullwidth two) once counted as devices 1 and 2.
+    for name in ("neuron0", "neuron01", "neuron00", "neuron\u0661", "neuron\uff12", "neuron+3", "neuron 4"):
+        (tmp_path / name).write_text("")
+    assert scan_devices(tmp_path) == {0}
+    [event] = warnings(caplog, "discovery.devices_ignored")
+    assert event["reason"] == "not_canonical" and event["count"] == 4
+    assert "neuron01" in event["names"] and "neuron00" in event["names"]
+
+
+def test_known_type_bounds_the_device_count_and_names_the_extras(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = FakeNode.build(tmp_path, 1000, core_count=2)  # a /dev that lists 1,000 neuronN entries
+    found = run(node, "inf2.48xlarge")
+    assert found.topology.device_count == 12 and found.present == frozenset(range(12))
+    [event] = warnings(caplog, "discovery.devices_ignored")
+    assert event["reason"] == "beyond_instance_type" and event["count"] == 988
+    assert event["names"] == "neuron12-999" and event["instance_type"] == "inf2.48xlarge"
+
+
+def test_unknown_type_is_bounded_by_the_ceiling(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = FakeNode.build(tmp_path, 3, core_count=2)
+    (node.dev / "neuron99999").write_text("")  # once made 100,000 devices
+    found = run(node)
+    assert found.topology.device_count == 3 and not found.topology.known
+    [event] = warnings(caplog, "discovery.devices_ignored")
+    assert event["reason"] == "beyond_ceiling" and event["names"] == "neuron99999" and event["limit"] == MAX_DEVICES
+    many = FakeNode.build(tmp_path / "many", 100)
+    assert run(many).topology.device_count == MAX_DEVICES
+
+
+def test_only_an_out_of_bounds_device_is_no_device(tmp_path: Path) -> None:
+    node = FakeNode.build(tmp_path, 0)
+    (node.dev / "neuron99999").write_text("")
+    with pytest.raises(DiscoveryError, match="no neuronN device under"):
+        run(node)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["99999999", "0", "-2", "9" * 5000, str(MAX_CORES_PER_DEVICE + 1)],
+    ids=["huge", "zero", "negative", "5000-digits", "above-bound"],
+)
+def test_core_count_out_of_bounds_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    node = FakeNode.build(tmp_path, 3, core_count=2)
+    for device in range(3):
+        (node.sys / "class" / "neuron_device" / f"neuron{device}" / "core_count").write_text(text + "\n")
+    found = run(node)  # unknown type: the core count would size the node (99999999 once took 1.28 GiB)
+    assert found.topology.cores_per_device == 1 and found.topology.core_count == 3
+    events = warnings(caplog, "discovery.core_count_ignored")
+    assert events and events[0]["device"] == 0 and len(events[0]["value"]) <= 40
+    assert events[0]["limit"] == MAX_CORES_PER_DEVICE
+
+
+def test_core_count_in_bounds_is_used_for_an_unknown_type(tmp_path: Path) -> None:
+    assert run(FakeNode.build(tmp_path, 3, core_count=MAX_CORES_PER_DEVICE)).topology.core_count == 48
 
 
 def test_flag_beats_label_beats_device_count(tmp_path: Path) -> None:
@@ -83,3 +155,12 @@ def test_numa_nodes_from_sysfs(tmp_path: Path) -> None:
 def test_no_devices_and_no_type_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DiscoveryError, match="no neuronN device under"):
         run(FakeNode.build(tmp_path, 0))
+
+
+def test_long_canonical_names_are_beyond_the_bound_not_odd(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = FakeNode.build(tmp_path, 2, core_count=2)
+    (node.dev / ("neuron1" + "0" * 40)).write_text("")
+    found = run(node)
+    assert found.topology.device_count == 2
+    [event] = warnings(caplog, "discovery.devices_ignored")
+    assert event["reason"] == "beyond_ceiling" and event["count"] == 1

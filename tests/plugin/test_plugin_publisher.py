@@ -17,6 +17,7 @@ from plugin.metrics import PluginMetrics
 from plugin.nodeview import Ledger, NodeView
 from plugin.podresources import PodHoldings, PodResourcesUnavailable, holdings_from_pod_resources
 from plugin.publisher import HEARTBEAT_SECONDS, Publisher, annotation_patch, needs_write
+from plugin.serving import Serving
 from tests.plugin.kubelet_stub import pod_resources
 
 NEURON, NEURONCORE = Resource.NEURON.value, Resource.NEURONCORE.value
@@ -48,6 +49,42 @@ def test_holdings_sum_containers_per_pod_and_skip_foreign_resources() -> None:
         "ml/train": PodHolding(devices=frozenset({0, 1, 2, 3})),
     }
     assert holdings.ignored_ids == ("32", "07", "-1", "x")
+
+
+def test_holdings_keep_a_bounded_sample_of_ignored_ids_and_count_the_rest() -> None:
+    junk = [str(i) for i in range(16, 20_016)]
+    holdings = holdings_from_pod_resources([pod_resources("ml", "junk", {NEURON: ["1", *junk]})], TRN1)
+    assert holdings.pods == {"ml/junk": PodHolding(devices=frozenset({1}))}
+    assert holdings.ignored_count == 20_000 and 0 < len(holdings.ignored_ids) <= 10
+    assert all(len(raw) <= 40 for raw in holdings.ignored_ids)
+
+
+def test_holdings_count_every_id_but_list_only_well_named_pods_within_the_node_s_bound() -> None:
+    pods = [pod_resources("ml", f"p{i}", {NEURONCORE: [str(i % 32)]}) for i in range(500)]
+    pods.append(pod_resources("ml", "x" * 5000, {NEURON: ["15"]}))  # no such pod name can exist
+    pods.append(pod_resources("", "no-namespace", {NEURON: ["14"]}))
+    holdings = holdings_from_pod_resources(pods, TRN1)
+    assert holdings.used_cores == frozenset(range(32)) and holdings.used_devices == {14, 15}  # nothing lost
+    assert len(holdings.pods) <= TRN1.device_count + TRN1.core_count
+    assert all(len(key) <= 64 + 253 and not key.startswith("/") for key in holdings.pods)
+    assert holdings.unlisted_pods == 502 - len(holdings.pods)
+
+
+POD_NAME = st.one_of(st.text(max_size=20), st.text(alphabet="ab-", min_size=250, max_size=400))
+UNIT_ID = st.one_of(st.integers(0, 40).map(str), st.text(max_size=8))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(POD_NAME, POD_NAME, st.lists(UNIT_ID, max_size=6)), max_size=80))
+def test_any_podresources_answer_publishes_a_state_that_decodes(
+    answer: list[tuple[str, str, list[str]]],
+) -> None:
+    pods = [pod_resources(ns, name, {NEURONCORE: ids, NEURON: ids[:1]}) for ns, name, ids in answer]
+    view = view_with(pods)
+    state = view.node_state()
+    assert state is not None
+    decoded = decode_node_state(__import__("neuronalloc").encode_node_state(state))
+    assert decoded.free_devices == state.free_devices and decoded.pods == state.pods
 
 
 def view_with(pods: list[pr_pb2.PodResources], unhealthy: Mapping[int, str] | None = None) -> NodeView:
@@ -92,7 +129,7 @@ def test_ledger_keeps_unshown_grants_until_podresources_shows_them_or_they_expir
     ledger = Ledger(ttl=30)
     ledger.record(Resource.NEURONCORE, frozenset({4, 5}), now=0)
     ledger.record(Resource.NEURON, frozenset({8, 9}), now=0)
-    ledger.reconcile(PodHoldings(pods={"a/b": PodHolding(cores=frozenset({4, 5}))}), now=1)
+    ledger.reconcile(PodHoldings.of({"a/b": PodHolding(cores=frozenset({4, 5}))}), now=1)
     assert ledger.used(Resource.NEURONCORE) == frozenset()
     assert ledger.used(Resource.NEURON) == {8, 9}
     ledger.reconcile(PodHoldings(pods={}), now=30)
@@ -149,7 +186,7 @@ def test_publisher_writes_on_change_only_and_rides_out_an_unreachable_api_server
 
     async def scenario() -> None:
         view = NodeView(TRN1, read, clock=lambda: now[0])
-        publisher = Publisher(view, "node-a", api, metrics, clock=lambda: now[0])
+        publisher = Publisher(view, "node-a", api, metrics, Serving(view, []), clock=lambda: now[0])
         await publisher.refresh_once()
         await publisher.refresh_once()  # nothing changed: no second write
         assert len(api.patches) == 1 and api.patches[0][FREE_DEVICES] == "4-15"
