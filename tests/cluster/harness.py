@@ -36,6 +36,7 @@ from neuronalloc import Topology, lookup_instance_type, resolve_topology
 from neuronalloc.nodestate import FREE_DEVICES
 from plugin._proto.podresources.v1 import api_pb2 as pr_pb2
 from plugin._proto.podresources.v1 import api_pb2_grpc as pr_grpc
+from tests.cluster.pki import ExtenderPki, make_extender_pki
 from tests.cluster.processes import ManagedProcess, free_port, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +115,7 @@ class Cluster:
         self.kubeconfig = workdir / "kubeconfig"
         self.api_port = free_port()
         self.extender_port = free_port()
+        self._extender_pki: ExtenderPki | None = None
         self.nodes: dict[str, SimNode] = {}
         self._node_serial = 0
         self._control_plane: list[ManagedProcess] = []
@@ -253,13 +255,39 @@ class Cluster:
     def core(self) -> k8s.CoreV1Api:
         return k8s.CoreV1Api(self.api)
 
+    @property
+    def extender_pki(self) -> ExtenderPki:
+        """The CA, the extender's serving certificate and the scheduler's client certificate (made once)."""
+        if self._extender_pki is None:
+            self._extender_pki = make_extender_pki(self.workdir / "extender-pki")
+        return self._extender_pki
+
+    @property
+    def extender_url(self) -> str:
+        return f"https://127.0.0.1:{self.extender_port}"
+
     def _our_scheduler_config(self) -> dict[str, Any]:
-        """deploy/'s KubeSchedulerConfiguration with only the kubeconfig and the extender address changed."""
+        """deploy/'s KubeSchedulerConfiguration with only the kubeconfig, the extender address and the paths of
+        the TLS files changed: the scheduler talks to the extender over mutual TLS, as it does on EKS."""
         config: dict[str, Any] = yaml.safe_load(SCHEDULER_CONFIG.read_text())
         config.setdefault("clientConnection", {})["kubeconfig"] = str(self.kubeconfig)
+        pki = self.extender_pki
         for extender in config.get("extenders", []):
-            extender["urlPrefix"] = f"http://127.0.0.1:{self.extender_port}"
+            extender["urlPrefix"] = self.extender_url
+            extender["enableHTTPS"] = True
+            extender["tlsConfig"] = {
+                "certFile": str(pki.scheduler.cert),
+                "keyFile": str(pki.scheduler.key),
+                "caFile": str(pki.ca_file),
+            }
         return config
+
+    def extender_ssl_context(self, client: bool = True) -> ssl.SSLContext:
+        """A client context that trusts the extender's CA and, with `client`, presents the scheduler's cert."""
+        context = ssl.create_default_context(cafile=str(self.extender_pki.ca_file))
+        if client:
+            context.load_cert_chain(str(self.extender_pki.scheduler.cert), str(self.extender_pki.scheduler.key))
+        return context
 
     def _start_scheduler(self, name: str, config: dict[str, Any]) -> ManagedProcess:
         path = self.workdir / f"{name}-config.yaml"
@@ -298,6 +326,7 @@ class Cluster:
         exe = shutil.which("neuron-scheduler-extender")
         if exe is None:
             raise RuntimeError("neuron-scheduler-extender is not installed (pip install -e .)")
+        pki = self.extender_pki
         self.extender = self._process(
             "neuron-scheduler-extender",
             [
@@ -305,11 +334,17 @@ class Cluster:
                 "--address=127.0.0.1",
                 f"--port={self.extender_port}",
                 f"--kubeconfig={self.kubeconfig}",
+                f"--tls-cert-file={pki.server.cert}",
+                f"--tls-key-file={pki.server.key}",
+                f"--tls-client-ca-file={pki.ca_file}",
                 "--log-level=info",
             ],
         ).start()
-        url = f"http://127.0.0.1:{self.extender_port}/readyz"
-        wait_for("extender /readyz", lambda: _http_ok(url), timeout=STARTUP_TIMEOUT, watch=[self.extender])
+        url = f"{self.extender_url}/readyz"
+        context = self.extender_ssl_context()
+        wait_for(
+            "extender /readyz", lambda: _http_ok(url, context=context), timeout=STARTUP_TIMEOUT, watch=[self.extender]
+        )
         return self.extender
 
     def restart_extender(self) -> None:
@@ -528,11 +563,12 @@ def _make_device_tree(root: Path, devices: int) -> None:
         (root / f"neuron{i}").touch()
 
 
-def _http_ok(url: str, *, token: str | None = None) -> bool:
+def _http_ok(url: str, *, token: str | None = None, context: ssl.SSLContext | None = None) -> bool:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
-    # Only readiness probes skip verification, before the kubeconfig (with the CA) exists.
-    context = ssl._create_unverified_context() if url.startswith("https") else None
+    if context is None and url.startswith("https"):
+        # Only the API server's readiness probe skips verification, before the kubeconfig (with the CA) exists.
+        context = ssl._create_unverified_context()
     with urllib.request.urlopen(request, timeout=2, context=context) as response:
         return bool(response.status == 200)
