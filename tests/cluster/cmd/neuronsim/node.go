@@ -31,6 +31,7 @@ import (
 	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
 	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
+	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 )
 
 // AllocationAnnotation is where the node records what the device manager handed each container
@@ -153,12 +154,12 @@ func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1
 			}
 		}
 	}
-	dm, err := devicemanager.NewManagerImpl(nil, topologymanager.NewFakeManager())
+	logger := klog.FromContext(ctx)
+	dm, err := devicemanager.NewManagerImpl(logger, nil, topologymanager.NewFakeManager(logger))
 	if err != nil {
 		return fmt.Errorf("create device manager: %w", err)
 	}
 	n.dm = dm
-	logger := klog.FromContext(ctx)
 	if err := dm.Start(logger, n.activePods, n, initial, running); err != nil {
 		return fmt.Errorf("start device manager: %w", err)
 	}
@@ -172,7 +173,7 @@ func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1
 
 	for _, obj := range n.pods.List() {
 		if pod := obj.(*v1.Pod); pod.Status.Phase == v1.PodRunning && pod.DeletionTimestamp == nil {
-			n.readmit(pod)
+			n.readmit(ctx, pod)
 		}
 	}
 	n.sourcesReady.Store(true)
@@ -234,7 +235,7 @@ func (n *simNode) processNext(ctx context.Context) bool {
 	defer n.queue.Done(key)
 	obj, exists, _ := n.pods.GetByKey(key)
 	if !exists {
-		n.dm.UpdateAllocatedDevices() // returns the devices of the deleted pod to the pool
+		n.dm.UpdateAllocatedDevices(klog.FromContext(ctx)) // returns the devices of the deleted pod to the pool
 		return true
 	}
 	pod := obj.(*v1.Pod)
@@ -257,14 +258,14 @@ func (n *simNode) finalize(ctx context.Context, pod *v1.Pod) {
 		klog.ErrorS(err, "finalize pod", "pod", klog.KObj(pod))
 		n.queue.Add(cache.MetaObjectToName(pod).String())
 	}
-	n.dm.UpdateAllocatedDevices()
+	n.dm.UpdateAllocatedDevices(klog.FromContext(ctx))
 }
 
 // admit runs kubelet's device admission for every container, then records the result.
 func (n *simNode) admit(ctx context.Context, pod *v1.Pod) {
 	n.admitted.Insert(pod.UID)
 	var allocations []containerAllocation
-	err := n.allocate(pod)
+	err := n.allocate(ctx, pod)
 	if err == nil {
 		allocations, err = n.describeAllocation(ctx, pod)
 	}
@@ -290,9 +291,9 @@ func (n *simNode) admit(ctx context.Context, pod *v1.Pod) {
 
 // readmit is kubelet's pass over pods already running when it restarts: the device manager finds
 // their devices in its checkpoint and must not call the plugin.
-func (n *simNode) readmit(pod *v1.Pod) {
+func (n *simNode) readmit(ctx context.Context, pod *v1.Pod) {
 	n.admitted.Insert(pod.UID)
-	if err := n.allocate(pod); err != nil {
+	if err := n.allocate(ctx, pod); err != nil {
 		klog.ErrorS(err, "running pod failed re-admission", "pod", klog.KObj(pod))
 	}
 }
@@ -303,10 +304,10 @@ func podContainers(pod *v1.Pod) []v1.Container {
 
 // allocate is kubelet's device admission: the device manager's Allocate for each container, init
 // containers first (GetPreferredAllocation and Allocate RPCs to the plugin happen in here).
-func (n *simNode) allocate(pod *v1.Pod) error {
+func (n *simNode) allocate(ctx context.Context, pod *v1.Pod) error {
 	containers := podContainers(pod)
 	for i := range containers {
-		if err := n.dm.Allocate(pod, &containers[i]); err != nil {
+		if err := n.dm.Allocate(ctx, pod, &containers[i], lifecycle.AddOperation); err != nil {
 			return err
 		}
 	}
@@ -427,7 +428,7 @@ func (n *simNode) syncStatusLoop(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		capacity, allocatable, _ := n.dm.GetCapacity()
+		capacity, allocatable, _ := n.dm.GetCapacity(klog.FromContext(ctx))
 		changed := !resourceListsEqual(lastCapacity, capacity) || !resourceListsEqual(lastAllocatable, allocatable)
 		if changed || time.Since(lastBeat) > 10*time.Second {
 			if err := n.updateNodeStatus(ctx, capacity, allocatable); err != nil {

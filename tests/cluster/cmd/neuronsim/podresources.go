@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 	"k8s.io/kubernetes/pkg/kubelet/apis/podresources"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
@@ -50,12 +51,14 @@ func (p podsProvider) GetPodByName(namespace, name string) (*v1.Pod, bool) {
 
 type devicesProvider struct{ dm devicemanager.Manager }
 
-func (d devicesProvider) UpdateAllocatedDevices() { d.dm.UpdateAllocatedDevices() }
+func (d devicesProvider) UpdateAllocatedDevices(logger klog.Logger) {
+	d.dm.UpdateAllocatedDevices(logger)
+}
 func (d devicesProvider) GetDevices(podUID, containerName string) []*podresourcesv1.ContainerDevices {
 	return toContainerDevices(d.dm.GetDevices(podUID, containerName))
 }
-func (d devicesProvider) GetAllocatableDevices() []*podresourcesv1.ContainerDevices {
-	return toContainerDevices(d.dm.GetAllocatableDevices())
+func (d devicesProvider) GetAllocatableDevices(logger klog.Logger) []*podresourcesv1.ContainerDevices {
+	return toContainerDevices(d.dm.GetAllocatableDevices(logger))
 }
 
 // toContainerDevices mirrors kubelet's conversion: one entry per device (NUMA topology unused here).
@@ -71,10 +74,14 @@ func toContainerDevices(devs devicemanager.ResourceDeviceInstances) []*podresour
 
 type noResources struct{}
 
-func (noResources) GetCPUs(string, string) []int64                             { return nil }
-func (noResources) GetAllocatableCPUs() []int64                                { return nil }
-func (noResources) GetMemory(string, string) []*podresourcesv1.ContainerMemory { return nil }
-func (noResources) GetAllocatableMemory() []*podresourcesv1.ContainerMemory    { return nil }
-func (noResources) GetDynamicResources(*v1.Pod, *v1.Container) []*podresourcesv1.DynamicResource {
+func (noResources) GetCPUs(*v1.Pod, *v1.Container) []int64 { return nil }
+func (noResources) GetPodCPUs(string) []int64              { return nil }
+func (noResources) GetAllocatableCPUs() []int64            { return nil }
+func (noResources) GetMemory(klog.Logger, *v1.Pod, *v1.Container) []*podresourcesv1.ContainerMemory {
+	return nil
+}
+func (noResources) GetPodMemory(klog.Logger, string) []*podresourcesv1.ContainerMemory { return nil }
+func (noResources) GetAllocatableMemory(klog.Logger) []*podresourcesv1.ContainerMemory { return nil }
+func (noResources) GetDynamicResources(klog.Logger, *v1.Pod, *v1.Container) []*podresourcesv1.DynamicResource {
 	return nil
 }
