@@ -30,6 +30,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
+	"k8s.io/kubernetes/pkg/kubelet/cm/dra"
 	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
 	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 )
@@ -44,6 +45,8 @@ type containerAllocation struct {
 	DeviceIDs   map[string][]string `json:"deviceIDs"`
 	Envs        map[string]string   `json:"envs"`
 	DeviceSpecs []deviceSpec        `json:"deviceSpecs"`
+	// CDIDevices are the CDI device IDs of the container's ResourceClaims (only with --dra).
+	CDIDevices []string `json:"cdiDevices,omitempty"`
 }
 
 type deviceSpec struct {
@@ -59,6 +62,7 @@ type simNode struct {
 	client   kubernetes.Interface
 	pods     cache.Store
 	dm       devicemanager.Manager
+	dra      *dra.Manager // nil unless --dra
 	queue    workqueue.TypedInterface[string]
 	admitted sets.Set[types.UID] // touched only by the admission worker
 	// sourcesReady is false while pods that were running before a kubelet restart are re-admitted,
@@ -81,6 +85,8 @@ func runNode(args []string) int {
 	instanceType := fs.String("instance-type", "", "value of the node.kubernetes.io/instance-type label")
 	podResourcesSocket := fs.String("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock",
 		"where the PodResources v1 server listens")
+	withDRA := fs.Bool("dra", false, "also host the kubelet DRA manager and plugin manager "+
+		"(/var/lib/kubelet/plugins_registry): pods' ResourceClaims are prepared through DRA drivers")
 	var labels, taints stringList
 	fs.Var(&labels, "label", "extra node label key=value (repeatable)")
 	fs.Var(&taints, "taint", "node taint key=value:Effect (repeatable)")
@@ -111,7 +117,7 @@ func runNode(args []string) int {
 	}
 	nodeTaints, err := parseTaints(taints)
 	if err == nil {
-		err = n.run(ctx, nodeLabels, nodeTaints, *podResourcesSocket)
+		err = n.run(ctx, nodeLabels, nodeTaints, *podResourcesSocket, *withDRA)
 	}
 	if err != nil {
 		klog.ErrorS(err, "node failed", "node", *name)
@@ -133,7 +139,9 @@ func parseTaints(specs []string) ([]v1.Taint, error) {
 	return out, nil
 }
 
-func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1.Taint, podResourcesSocket string) error {
+func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1.Taint, podResourcesSocket string,
+	withDRA bool,
+) error {
 	if err := n.registerNode(ctx, labels, taints); err != nil {
 		return err
 	}
@@ -164,6 +172,12 @@ func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1
 		return fmt.Errorf("start device manager: %w", err)
 	}
 	defer func() { _ = dm.Stop(logger) }()
+	if withDRA {
+		if n.dra, err = startDRA(ctx, n); err != nil {
+			return err
+		}
+		defer n.dra.Stop()
+	}
 
 	stopPodResources, err := servePodResources(ctx, podResourcesSocket, n)
 	if err != nil {
@@ -249,7 +263,15 @@ func (n *simNode) processNext(ctx context.Context) bool {
 }
 
 // finalize stands in for the runtime having stopped every container: the pod object is removed.
+// With DRA, kubelet first unprepares the pod's claims and keeps the pod object until that succeeds.
 func (n *simNode) finalize(ctx context.Context, pod *v1.Pod) {
+	if n.dra != nil {
+		if err := n.dra.UnprepareResources(ctx, pod); err != nil {
+			klog.InfoS("unpreparing dynamic resources failed, will retry", "pod", klog.KObj(pod), "err", err)
+			n.retryLater(pod)
+			return
+		}
+	}
 	zero := int64(0)
 	err := n.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID},
@@ -266,6 +288,16 @@ func (n *simNode) admit(ctx context.Context, pod *v1.Pod) {
 	n.admitted.Insert(pod.UID)
 	var allocations []containerAllocation
 	err := n.allocate(ctx, pod)
+	if err == nil && n.dra != nil {
+		// After admission kubelet's pod worker prepares the pod's claims before any container
+		// starts, and retries the pod while that fails: the pod stays Pending meanwhile.
+		if err := n.dra.PrepareResources(ctx, pod); err != nil {
+			klog.InfoS("preparing dynamic resources failed, will retry", "pod", klog.KObj(pod), "err", err)
+			n.admitted.Delete(pod.UID) // the device manager keeps what it allocated: no new Allocate RPC
+			n.retryLater(pod)
+			return
+		}
+	}
 	if err == nil {
 		allocations, err = n.describeAllocation(ctx, pod)
 	}
@@ -324,8 +356,12 @@ func (n *simNode) describeAllocation(ctx context.Context, pod *v1.Pod) ([]contai
 		if err != nil {
 			return nil, err
 		}
+		cdi, err := n.cdiDevices(pod, c)
+		if err != nil {
+			return nil, err
+		}
 		alloc := containerAllocation{Name: c.Name, DeviceIDs: map[string][]string{}, Envs: map[string]string{},
-			DeviceSpecs: []deviceSpec{}}
+			DeviceSpecs: []deviceSpec{}, CDIDevices: cdi}
 		for res, devs := range n.dm.GetDevices(string(pod.UID), c.Name) {
 			for id := range devs {
 				alloc.DeviceIDs[res] = append(alloc.DeviceIDs[res], id)

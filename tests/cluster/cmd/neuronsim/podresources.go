@@ -16,8 +16,8 @@ import (
 )
 
 // servePodResources serves the real kubelet PodResources v1 server on a unix socket, backed by the
-// node's pods and its device manager. CPUs, memory and DRA are reported empty: this node has none
-// to manage.
+// node's pods, its device manager and (with --dra) its DRA manager. CPUs and memory are reported
+// empty: this node has none to manage.
 func servePodResources(ctx context.Context, socket string, n *simNode) (stop func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o750); err != nil {
 		return nil, err
@@ -30,6 +30,9 @@ func servePodResources(ctx context.Context, socket string, n *simNode) (stop fun
 	providers := podresources.PodResourcesProviders{
 		Pods: podsProvider{n}, Devices: devicesProvider{n.dm}, Cpus: noResources{}, Memory: noResources{},
 		DynamicResources: noResources{},
+	}
+	if n.dra != nil {
+		providers.DynamicResources = draResources{n.dra}
 	}
 	srv := grpc.NewServer()
 	podresourcesv1.RegisterPodResourcesListerServer(srv, podresources.NewV1PodResourcesServer(ctx, providers))
