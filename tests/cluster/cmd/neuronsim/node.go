@@ -30,7 +30,9 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/kubelet/cm/containermap"
 	"k8s.io/kubernetes/pkg/kubelet/cm/devicemanager"
+	"k8s.io/kubernetes/pkg/kubelet/cm/dra"
 	"k8s.io/kubernetes/pkg/kubelet/cm/topologymanager"
+	"k8s.io/kubernetes/pkg/kubelet/lifecycle"
 )
 
 // AllocationAnnotation is where the node records what the device manager handed each container
@@ -43,6 +45,8 @@ type containerAllocation struct {
 	DeviceIDs   map[string][]string `json:"deviceIDs"`
 	Envs        map[string]string   `json:"envs"`
 	DeviceSpecs []deviceSpec        `json:"deviceSpecs"`
+	// CDIDevices are the CDI device IDs of the container's ResourceClaims (only with --dra).
+	CDIDevices []string `json:"cdiDevices,omitempty"`
 }
 
 type deviceSpec struct {
@@ -58,6 +62,7 @@ type simNode struct {
 	client   kubernetes.Interface
 	pods     cache.Store
 	dm       devicemanager.Manager
+	dra      *dra.Manager // nil unless --dra
 	queue    workqueue.TypedInterface[string]
 	admitted sets.Set[types.UID] // touched only by the admission worker
 	// sourcesReady is false while pods that were running before a kubelet restart are re-admitted,
@@ -80,6 +85,8 @@ func runNode(args []string) int {
 	instanceType := fs.String("instance-type", "", "value of the node.kubernetes.io/instance-type label")
 	podResourcesSocket := fs.String("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock",
 		"where the PodResources v1 server listens")
+	withDRA := fs.Bool("dra", false, "also host the kubelet DRA manager and plugin manager "+
+		"(/var/lib/kubelet/plugins_registry): pods' ResourceClaims are prepared through DRA drivers")
 	var labels, taints stringList
 	fs.Var(&labels, "label", "extra node label key=value (repeatable)")
 	fs.Var(&taints, "taint", "node taint key=value:Effect (repeatable)")
@@ -110,7 +117,7 @@ func runNode(args []string) int {
 	}
 	nodeTaints, err := parseTaints(taints)
 	if err == nil {
-		err = n.run(ctx, nodeLabels, nodeTaints, *podResourcesSocket)
+		err = n.run(ctx, nodeLabels, nodeTaints, *podResourcesSocket, *withDRA)
 	}
 	if err != nil {
 		klog.ErrorS(err, "node failed", "node", *name)
@@ -132,7 +139,9 @@ func parseTaints(specs []string) ([]v1.Taint, error) {
 	return out, nil
 }
 
-func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1.Taint, podResourcesSocket string) error {
+func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1.Taint, podResourcesSocket string,
+	withDRA bool,
+) error {
 	if err := n.registerNode(ctx, labels, taints); err != nil {
 		return err
 	}
@@ -153,16 +162,22 @@ func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1
 			}
 		}
 	}
-	dm, err := devicemanager.NewManagerImpl(nil, topologymanager.NewFakeManager())
+	logger := klog.FromContext(ctx)
+	dm, err := devicemanager.NewManagerImpl(logger, nil, topologymanager.NewFakeManager(logger))
 	if err != nil {
 		return fmt.Errorf("create device manager: %w", err)
 	}
 	n.dm = dm
-	logger := klog.FromContext(ctx)
 	if err := dm.Start(logger, n.activePods, n, initial, running); err != nil {
 		return fmt.Errorf("start device manager: %w", err)
 	}
 	defer func() { _ = dm.Stop(logger) }()
+	if withDRA {
+		if n.dra, err = startDRA(ctx, n); err != nil {
+			return err
+		}
+		defer n.dra.Stop()
+	}
 
 	stopPodResources, err := servePodResources(ctx, podResourcesSocket, n)
 	if err != nil {
@@ -172,7 +187,7 @@ func (n *simNode) run(ctx context.Context, labels map[string]string, taints []v1
 
 	for _, obj := range n.pods.List() {
 		if pod := obj.(*v1.Pod); pod.Status.Phase == v1.PodRunning && pod.DeletionTimestamp == nil {
-			n.readmit(pod)
+			n.readmit(ctx, pod)
 		}
 	}
 	n.sourcesReady.Store(true)
@@ -234,7 +249,7 @@ func (n *simNode) processNext(ctx context.Context) bool {
 	defer n.queue.Done(key)
 	obj, exists, _ := n.pods.GetByKey(key)
 	if !exists {
-		n.dm.UpdateAllocatedDevices() // returns the devices of the deleted pod to the pool
+		n.dm.UpdateAllocatedDevices(klog.FromContext(ctx)) // returns the devices of the deleted pod to the pool
 		return true
 	}
 	pod := obj.(*v1.Pod)
@@ -248,7 +263,15 @@ func (n *simNode) processNext(ctx context.Context) bool {
 }
 
 // finalize stands in for the runtime having stopped every container: the pod object is removed.
+// With DRA, kubelet first unprepares the pod's claims and keeps the pod object until that succeeds.
 func (n *simNode) finalize(ctx context.Context, pod *v1.Pod) {
+	if n.dra != nil {
+		if err := n.dra.UnprepareResources(ctx, pod); err != nil {
+			klog.InfoS("unpreparing dynamic resources failed, will retry", "pod", klog.KObj(pod), "err", err)
+			n.retryLater(pod)
+			return
+		}
+	}
 	zero := int64(0)
 	err := n.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
 		GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &pod.UID},
@@ -257,14 +280,24 @@ func (n *simNode) finalize(ctx context.Context, pod *v1.Pod) {
 		klog.ErrorS(err, "finalize pod", "pod", klog.KObj(pod))
 		n.queue.Add(cache.MetaObjectToName(pod).String())
 	}
-	n.dm.UpdateAllocatedDevices()
+	n.dm.UpdateAllocatedDevices(klog.FromContext(ctx))
 }
 
 // admit runs kubelet's device admission for every container, then records the result.
 func (n *simNode) admit(ctx context.Context, pod *v1.Pod) {
 	n.admitted.Insert(pod.UID)
 	var allocations []containerAllocation
-	err := n.allocate(pod)
+	err := n.allocate(ctx, pod)
+	if err == nil && n.dra != nil {
+		// After admission kubelet's pod worker prepares the pod's claims before any container
+		// starts, and retries the pod while that fails: the pod stays Pending meanwhile.
+		if err := n.dra.PrepareResources(ctx, pod); err != nil {
+			klog.InfoS("preparing dynamic resources failed, will retry", "pod", klog.KObj(pod), "err", err)
+			n.admitted.Delete(pod.UID) // the device manager keeps what it allocated: no new Allocate RPC
+			n.retryLater(pod)
+			return
+		}
+	}
 	if err == nil {
 		allocations, err = n.describeAllocation(ctx, pod)
 	}
@@ -290,9 +323,9 @@ func (n *simNode) admit(ctx context.Context, pod *v1.Pod) {
 
 // readmit is kubelet's pass over pods already running when it restarts: the device manager finds
 // their devices in its checkpoint and must not call the plugin.
-func (n *simNode) readmit(pod *v1.Pod) {
+func (n *simNode) readmit(ctx context.Context, pod *v1.Pod) {
 	n.admitted.Insert(pod.UID)
-	if err := n.allocate(pod); err != nil {
+	if err := n.allocate(ctx, pod); err != nil {
 		klog.ErrorS(err, "running pod failed re-admission", "pod", klog.KObj(pod))
 	}
 }
@@ -303,10 +336,10 @@ func podContainers(pod *v1.Pod) []v1.Container {
 
 // allocate is kubelet's device admission: the device manager's Allocate for each container, init
 // containers first (GetPreferredAllocation and Allocate RPCs to the plugin happen in here).
-func (n *simNode) allocate(pod *v1.Pod) error {
+func (n *simNode) allocate(ctx context.Context, pod *v1.Pod) error {
 	containers := podContainers(pod)
 	for i := range containers {
-		if err := n.dm.Allocate(pod, &containers[i]); err != nil {
+		if err := n.dm.Allocate(ctx, pod, &containers[i], lifecycle.AddOperation); err != nil {
 			return err
 		}
 	}
@@ -323,8 +356,12 @@ func (n *simNode) describeAllocation(ctx context.Context, pod *v1.Pod) ([]contai
 		if err != nil {
 			return nil, err
 		}
+		cdi, err := n.cdiDevices(pod, c)
+		if err != nil {
+			return nil, err
+		}
 		alloc := containerAllocation{Name: c.Name, DeviceIDs: map[string][]string{}, Envs: map[string]string{},
-			DeviceSpecs: []deviceSpec{}}
+			DeviceSpecs: []deviceSpec{}, CDIDevices: cdi}
 		for res, devs := range n.dm.GetDevices(string(pod.UID), c.Name) {
 			for id := range devs {
 				alloc.DeviceIDs[res] = append(alloc.DeviceIDs[res], id)
@@ -427,7 +464,7 @@ func (n *simNode) syncStatusLoop(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		capacity, allocatable, _ := n.dm.GetCapacity()
+		capacity, allocatable, _ := n.dm.GetCapacity(klog.FromContext(ctx))
 		changed := !resourceListsEqual(lastCapacity, capacity) || !resourceListsEqual(lastAllocatable, allocatable)
 		if changed || time.Since(lastBeat) > 10*time.Second {
 			if err := n.updateNodeStatus(ctx, capacity, allocatable); err != nil {
