@@ -21,7 +21,7 @@ import shutil
 import ssl
 import subprocess
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -136,13 +136,14 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self, *, extender: bool = True) -> None:
+    def start(self, *, extender: bool = True, scheduler: bool = True) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._start_etcd()
         self._start_apiserver()
         if extender:
             self.start_extender()
-        self.scheduler = self._start_scheduler("kube-scheduler", self._our_scheduler_config())
+        if scheduler:
+            self.scheduler = self.start_our_scheduler()
 
     def close(self) -> None:
         """Stop everything, nodes first (plugins before their kubelets), control plane last."""
@@ -289,12 +290,12 @@ class Cluster:
             context.load_cert_chain(str(self.extender_pki.scheduler.cert), str(self.extender_pki.scheduler.key))
         return context
 
-    def _start_scheduler(self, name: str, config: dict[str, Any]) -> ManagedProcess:
+    def _start_scheduler(self, name: str, config: dict[str, Any], extra_args: Sequence[str] = ()) -> ManagedProcess:
         path = self.workdir / f"{name}-config.yaml"
         path.write_text(yaml.safe_dump(config))
-        # --secure-port=0: no health endpoint is needed, and nothing else listens.
+        # --secure-port=0: no health endpoint is needed, and nothing else listens (`extra_args` may override it).
         scheduler = self._process(
-            name, [str(self.binary), "scheduler", f"--config={path}", "--secure-port=0", "--v=2"]
+            name, [str(self.binary), "scheduler", f"--config={path}", "--secure-port=0", "--v=2", *extra_args]
         ).start()
         lease = config.get("leaderElection", {})
         if lease.get("leaderElect", True):
@@ -309,7 +310,17 @@ class Cluster:
             )
         return scheduler
 
-    def start_stock_scheduler(self) -> ManagedProcess:
+    def start_our_scheduler(
+        self, *, client_qps: float | None = None, client_burst: int | None = None, extra_args: Sequence[str] = ()
+    ) -> ManagedProcess:
+        """deploy/'s scheduler wired to our extender, optionally with another API client rate (qps/burst).
+        Caller stops it (unless `start` started it)."""
+        config = _with_client_rate(self._our_scheduler_config(), client_qps, client_burst)
+        return self._start_scheduler("kube-scheduler", config, extra_args)
+
+    def start_stock_scheduler(
+        self, *, client_qps: float | None = None, client_burst: int | None = None, extra_args: Sequence[str] = ()
+    ) -> ManagedProcess:
         """The default kube-scheduler profile, no extender: the "before" baseline. Caller stops it."""
         config = {
             "apiVersion": "kubescheduler.config.k8s.io/v1",
@@ -318,11 +329,15 @@ class Cluster:
             "leaderElection": {"leaderElect": False},
             "profiles": [{"schedulerName": STOCK_SCHEDULER}],
         }
-        return self._start_scheduler("stock-kube-scheduler", config)
+        return self._start_scheduler(
+            "stock-kube-scheduler", _with_client_rate(config, client_qps, client_burst), extra_args
+        )
 
     # --- extender --------------------------------------------------------------------------------------
 
-    def start_extender(self) -> ManagedProcess:
+    def start_extender(self, extra_args: Sequence[str] = (), launcher: Sequence[str] = ()) -> ManagedProcess:
+        """Our extender; `extra_args` go after the harness's own flags, `launcher` before the executable (a
+        profiler, say: `python -m cProfile -o FILE`)."""
         exe = shutil.which("neuron-scheduler-extender")
         if exe is None:
             raise RuntimeError("neuron-scheduler-extender is not installed (pip install -e .)")
@@ -330,6 +345,7 @@ class Cluster:
         self.extender = self._process(
             "neuron-scheduler-extender",
             [
+                *launcher,
                 exe,
                 "--address=127.0.0.1",
                 f"--port={self.extender_port}",
@@ -338,6 +354,7 @@ class Cluster:
                 f"--tls-key-file={pki.server.key}",
                 f"--tls-client-ca-file={pki.ca_file}",
                 "--log-level=info",
+                *extra_args,
             ],
         ).start()
         url = f"{self.extender_url}/readyz"
@@ -555,6 +572,37 @@ class Cluster:
             text = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"==> {path.name} <==\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def _with_client_rate(config: dict[str, Any], qps: float | None, burst: int | None) -> dict[str, Any]:
+    """The scheduler's API client rate limit (client-go's defaults are 50 qps, burst 100)."""
+    connection = config.setdefault("clientConnection", {})
+    if qps is not None:
+        connection["qps"] = qps
+    if burst is not None:
+        connection["burst"] = burst
+    return config
+
+
+def bare_node(
+    name: str, allocatable: Mapping[str, str], annotations: Mapping[str, str], labels: Mapping[str, str]
+) -> dict[str, Any]:
+    """A Node object as a kubelet would register it, status included (the API server keeps a node's status on
+    create), with no kubelet behind it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {"kubernetes.io/hostname": name, **labels},
+            "annotations": dict(annotations),
+        },
+        "status": {
+            "capacity": dict(allocatable),
+            "allocatable": dict(allocatable),
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "bare node"}],
+        },
+    }
 
 
 def _make_device_tree(root: Path, devices: int) -> None:
