@@ -24,8 +24,9 @@ from typing import Any, TypeVar
 
 from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, ShapeMemos
 from extender.fit import PendingPod, Verdict, judge_node, unknown
+from extender.ratelog import Throttle
 from extender.requests import PodRequest, Shape
-from extender.wire import NodeInfo, PodInfo, WireError, parse_node, parse_pod
+from extender.wire import NodeInfo, PodInfo, WireError, object_key, parse_node, parse_pod
 from neuronalloc import ANNOTATION_PREFIX, NodeState, NodeStateError, decode_node_state
 from neuronlog import get_logger
 
@@ -38,6 +39,35 @@ _Reply = TypeVar("_Reply")
 _MEMO_LIMIT = 50_000  # request-mode memo entries before the memo is cleared (bounded memory, never wrong)
 _RECENT_SHAPES = 16  # request shapes kept warm; a cluster runs a handful of pod sizes
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+_throttle = Throttle()
+
+
+def _rejected(kind: str, err: Exception) -> None:
+    """One malformed object: logged (at most one line per kind per interval), skipped, never fatal."""
+    suppressed = _throttle.admit(("rejected", kind))
+    if suppressed is not None:
+        log.warning(
+            "cache.object_rejected", kind=kind, error=str(err), suppressed=suppressed,
+            rule="a malformed object is skipped; the list or watch goes on",
+        )  # fmt: skip
+
+
+def _isolated(kind: str, upsert: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """`upsert`, but an object that breaks it in a way its decoder did not foresee is skipped too: one object
+    must never stop a list or a watch (the decoders raise only WireError; this is the second line)."""
+
+    def guarded(doc: Any) -> str | None:
+        try:
+            return upsert(doc)
+        except Exception as err:
+            suppressed = _throttle.admit(("failed", kind))
+            if suppressed is not None:
+                log.exception("cache.object_failed", kind=kind, error=repr(err)[:300], suppressed=suppressed)
+            return None
+
+    return guarded
 
 
 def state_key(annotations: Mapping[str, str]) -> StateKey:
@@ -100,7 +130,7 @@ class ClusterView:
         try:
             node = parse_node(doc)
         except WireError as err:
-            log.warning("cache.node_rejected", rule="node object shape", error=str(err))
+            _rejected("nodes", err)
             return None
         key = state_key(node.annotations)
         entry = self._nodes.get(node.name)
@@ -128,7 +158,7 @@ class ClusterView:
         delete: Callable[[str], None],
     ) -> None:
         """A full list: upsert every object, then delete what `held` still has that the list did not name."""
-        seen = {key for key in map(upsert, docs) if key is not None}
+        seen = {key for key in map(_isolated(kind, upsert), docs) if key is not None}
         for key in set(held) - seen:
             delete(key)
         self.mark_synced(kind)
@@ -138,7 +168,7 @@ class ClusterView:
         try:
             pod = parse_pod(doc)
         except WireError as err:
-            log.warning("cache.pod_rejected", rule="pod object shape", error=str(err))
+            _rejected("pods", err)
             return None
         remembered = self._remembered.get(pod.key)
         if remembered is not None and pod.node_name:
@@ -187,16 +217,17 @@ class ClusterView:
         elif event_type == "SYNC":
             (self.replace_nodes if kind == "nodes" else self.replace_pods)(objects)
         elif event_type in ("ADDED", "MODIFIED"):
+            upsert = _isolated(kind, self.upsert_node if kind == "nodes" else self.upsert_pod)
             for doc in objects:
-                (self.upsert_node if kind == "nodes" else self.upsert_pod)(doc)
+                upsert(doc)
         elif event_type == "DELETED":
             for doc in objects:
-                meta = (doc.get("metadata") or {}) if isinstance(doc, dict) else {}
-                name = str(meta.get("name", ""))
-                if kind == "nodes":
-                    self.delete_node(name)
-                else:
-                    self.delete_pod(f"{meta.get('namespace') or 'default'}/{name}")
+                try:
+                    key = object_key(kind, doc)
+                except WireError as err:
+                    _rejected(kind, err)
+                    continue
+                (self.delete_node if kind == "nodes" else self.delete_pod)(key)
 
     def touch(self) -> None:
         """The API server was heard from (an event, a list, a bookmark, a fresh watch)."""

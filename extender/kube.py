@@ -17,6 +17,8 @@ import orjson
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from extender.ratelog import Throttle
+from neuronalloc.text import quote, shorten
 from neuronlog import get_logger
 
 __all__ = ["ApiException", "KubeApi", "Reflector", "WatchEvent"]
@@ -110,17 +112,38 @@ class KubeApi:
         response.release_conn()
 
 
-def watch_lines(response: Any) -> Iterator[Any]:
-    """The events of a watch response, one JSON object per line."""
-    pending = b""
+# One watch event is one object; etcd refuses objects above 1.5 MiB, so a longer line is not an event.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+_UNREADABLE = object()  # a line that is not JSON: skipped, the watch goes on
+
+
+def watch_lines(response: Any, *, limit: int = MAX_EVENT_BYTES) -> Iterator[Any]:
+    """The events of a watch response, one JSON object per line (`_UNREADABLE` for a line that is not JSON).
+    A line longer than `limit` ends the watch with an error: the reflector lists again."""
+    pending = bytearray()
     for chunk in response.stream(amt=None, decode_content=False):
+        start = len(pending)
         pending += chunk
-        *lines, pending = pending.split(b"\n")
+        if b"\n" not in pending[start:]:
+            if len(pending) > limit:
+                raise RuntimeError(f"watch line above {limit} bytes")
+            continue
+        *lines, rest = pending.split(b"\n")
+        pending = bytearray(rest)
         for line in lines:
             if line.strip():
-                yield orjson.loads(line)
+                yield _loads(line, limit)
     if pending.strip():
-        yield orjson.loads(pending)
+        yield _loads(pending, limit)
+
+
+def _loads(line: bytes | bytearray, limit: int) -> Any:
+    if len(line) > limit:
+        raise RuntimeError(f"watch line above {limit} bytes")
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _UNREADABLE
 
 
 class Reflector(threading.Thread):
@@ -179,12 +202,22 @@ class Reflector(threading.Thread):
         self._deliver(WatchEvent(self._kind, "CONTACT", ()))
         try:
             for event in watch_lines(self._response):
-                kind, obj = event.get("type"), event.get("object") or {}
+                kind, obj = _event_parts(event)
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise _Expired()
-                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    raise RuntimeError(
+                        f"watch error {shorten(str(obj.get('code')))}: {shorten(str(obj.get('message')))}"
+                    )
+                if not obj:
+                    # Not an event we can read: skip it and keep the watch (the cache logs bad objects it is
+                    # handed; this one has no object to hand over).
+                    _skipped(self._kind, event)
+                    continue
+                meta = obj.get("metadata")
+                seen = meta.get("resourceVersion") if isinstance(meta, dict) else None
+                if isinstance(seen, str) and seen:
+                    version = seen
                 if kind == "BOOKMARK":
                     self._deliver(WatchEvent(self._kind, "CONTACT", ()))
                 elif kind in ("ADDED", "MODIFIED", "DELETED"):
@@ -194,6 +227,26 @@ class Reflector(threading.Thread):
             self._response.close()
             self._response = None
         return version
+
+
+def _event_parts(event: Any) -> tuple[str, dict[str, Any]]:
+    """(type, object) of one watch event; an empty object when the event is not shaped like one."""
+    if not isinstance(event, dict):
+        return "", {}
+    kind, obj = event.get("type"), event.get("object")
+    return (kind if isinstance(kind, str) else ""), (obj if isinstance(obj, dict) else {})
+
+
+_throttle = Throttle()
+
+
+def _skipped(kind: Kind, event: Any) -> None:
+    suppressed = _throttle.admit(("watch_event", kind))
+    if suppressed is not None:
+        log.warning(
+            "cache.event_skipped", kind=kind, received=quote(event, 200), suppressed=suppressed,
+            rule="a watch event that is not {type, object}: skipped, the watch goes on",
+        )  # fmt: skip
 
 
 class _Expired(Exception):

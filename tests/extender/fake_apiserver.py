@@ -50,6 +50,10 @@ class FakeApiServer:
     def put(self, kind: str, obj: dict[str, Any]) -> None:
         self._call(self._put, kind, copy.deepcopy(obj))
 
+    def put_raw(self, kind: str, key: str, obj: Any, event_type: str = "ADDED") -> None:
+        """Serve `obj` as it is, however malformed (a list item and a watch event), under `key`."""
+        self._call(self._record, kind, event_type, key, copy.deepcopy(obj))
+
     def delete(self, kind: str, key: str) -> None:
         self._call(self._delete, kind, key)
 
@@ -81,7 +85,9 @@ class FakeApiServer:
     def _event(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
         """Bump the resource version, stamp it on `obj`, log a copy as a watch event and wake the watchers."""
         self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if isinstance(meta, dict):  # a malformed object (see put_raw) is served without one
+            meta["resourceVersion"] = str(self.rv)
         self.events.append((self.rv, kind, event_type, copy.deepcopy(obj)))
         self._notify()
 
@@ -121,7 +127,9 @@ class FakeApiServer:
         return app
 
     @staticmethod
-    def _selected(obj: dict[str, Any], selector: str) -> bool:
+    def _selected(obj: Any, selector: str) -> bool:
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k) or {}, dict) for k in ("spec", "status")):
+            return True  # a malformed object (see put_raw) reaches every list and watch
         for term in filter(None, selector.split(",")):
             negate = "!=" in term
             field, value = term.split("!=" if negate else "=", 1)

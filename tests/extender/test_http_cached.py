@@ -9,6 +9,7 @@ the burst (many binds racing for one block: exactly one wins), and two replicas 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -234,3 +235,63 @@ def test_two_replicas_answer_the_same(api: tuple[FakeApiServer, Path]) -> None:
     with extender(kubeconfig) as two:
         eventually(lambda: passed(two, pod, names) == ["n0", "n1"], "bound pod seen")
         assert [two.post(verb, names_args(pod, names)) for verb in ("/filter", "/prioritize")] == answers
+
+
+def _poisoned_nodes() -> dict[str, Any]:
+    good = encode_node_state(node_state("inf1.6xlarge"))
+    return {
+        "huge-devices": node_doc("huge-devices", annotations={**good, "neuron-contig.io/devices": "9" * 5000}),
+        "huge-free": node_doc("huge-free", annotations={**good, "neuron-contig.io/free-devices": "1" * 5000}),
+        "annotations-list": {"metadata": {"name": "annotations-list", "annotations": ["x"]}},
+        "metadata-list": {"metadata": ["x"]},
+        "array": [1, 2, 3],
+        "long-name": {"metadata": {"name": "n" * 5000}},
+    }
+
+
+def _poisoned_pods() -> dict[str, Any]:
+    huge = pod_doc("huge", containers=[{"name": "c", "resources": {"limits": {"aws.amazon.com/neuron": "9" * 5000}}}])
+    huge["spec"]["nodeName"] = "good"
+    return {
+        "default/huge": huge,
+        "default/containers-text": {
+            "metadata": {"name": "containers-text"},
+            "spec": {"containers": "x", "nodeName": "good"},
+        },
+        "default/number": 7,
+        "default/metadata-text": {"metadata": "x", "spec": {"nodeName": "good"}},
+    }
+
+
+def test_one_poisoned_object_never_stops_the_list_or_the_watch(
+    api: tuple[FakeApiServer, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One malformed Node or Pod among good ones, in the first list and later in the watch: the extender becomes
+    ready, judges the good nodes, and keeps following the watch."""
+    caplog.set_level(logging.INFO)
+    fake, kubeconfig = api
+    fake.put("nodes", node_doc("good", node_state("inf1.6xlarge")))
+    fake.put("nodes", node_doc("other", node_state("inf1.6xlarge")))
+    for key, doc in _poisoned_nodes().items():
+        fake.put_raw("nodes", key, doc)
+    for key, doc in _poisoned_pods().items():
+        fake.put_raw("pods", key, doc)
+    fake.put("pods", pod_doc("held", neuron=2, node_name="other", phase="Running"))
+    with extender(kubeconfig) as http:
+        pod = pod_doc("p", neuron=3)
+        assert passed(http, pod, ["good", "other", "huge-devices", "huge-free"]) == ["good"]
+        # The same poison again, now as watch events (ADDED, MODIFIED, DELETED), then a good change.
+        for kind, poison in (("nodes", _poisoned_nodes()), ("pods", _poisoned_pods())):
+            for key, doc in poison.items():
+                fake.put_raw(kind, key, doc, "MODIFIED")
+                fake.put_raw(kind, key, doc, "DELETED")
+        fake.put("pods", pod_doc("late", neuron=2, node_name="good", phase="Running"))
+        eventually(lambda: passed(http, pod, ["good", "other"]) == [], "the good pod after the poisoned events")
+        fake.put("nodes", node_doc("fresh", node_state("inf1.6xlarge")))
+        eventually(lambda: passed(http, pod, ["fresh"]) == ["fresh"], "the good node after the poisoned events")
+        assert http.get("/readyz")[0] == 200
+    events = [r.getMessage() for r in caplog.records]
+    # Each kind listed once: no poisoned event made a watch fail and list again.
+    assert events.count("cache.listed") == 2 and "cache.watch_failed" not in events, events
+    # And the poison is logged, not once per object and event.
+    assert 1 <= events.count("cache.object_rejected") <= 4, events

@@ -17,7 +17,7 @@ from extender.cache import ClusterView
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app
 
-from .builders import names_args, node_doc, node_state, nodes_args, pod_doc
+from .builders import NEURON, names_args, node_doc, node_state, nodes_args, pod_doc
 from .serving import Http, served
 
 DATA = Path(__file__).parent / "data"
@@ -118,6 +118,16 @@ BAD_REQUESTS = [
         "application/json",
         400,
         "Node",
+    ),
+    (
+        "5,000-digit quantity",
+        "/filter",
+        orjson.dumps(
+            nodes_args(pod_doc("p", containers=[{"name": "c", "resources": {"limits": {NEURON: "9" * 5000}}}]), [])
+        ),
+        "application/json",
+        400,
+        "above 4096",
     ),
     ("oversized body", "/filter", b'{"x": "' + b"a" * (CAP + 10) + b'"}', "application/json", 413, "cap"),
 ]
