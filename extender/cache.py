@@ -20,6 +20,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, ShapeMemos
@@ -28,6 +29,7 @@ from extender.ratelog import Throttle
 from extender.requests import PodRequest, Shape
 from extender.wire import NodeInfo, PodInfo, WireError, object_key, parse_node, parse_pod
 from neuronalloc import ANNOTATION_PREFIX, NodeState, NodeStateError, decode_node_state
+from neuronalloc.nodestate import OBSERVED_AT
 from neuronlog import get_logger
 
 __all__ = ["ClusterView", "active_pending_pod", "state_key"]
@@ -70,9 +72,31 @@ def _isolated(kind: str, upsert: Callable[[Any], str | None]) -> Callable[[Any],
     return guarded
 
 
+_VALID_TIME = "<valid>"  # stands for any well-formed observed-at in a state key; no timestamp reads like it
+
+
 def state_key(annotations: Mapping[str, str]) -> StateKey:
-    """The part of a node's annotations the verdict depends on, as a hashable key."""
-    return tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)))
+    """The part of a node's annotations the verdict depends on, as a hashable key.
+
+    Not the value of `observed-at`: no verdict reads it, and the plugin rewrites it on every heartbeat (60 s)
+    with nothing else changed; in the key, it would drop every node's memoised verdicts once a minute. Whether
+    it is well formed stays in the key, so a state and a garbled copy of it never share a decoded entry."""
+    items = [(k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX) and k != OBSERVED_AT]
+    observed = annotations.get(OBSERVED_AT)
+    if observed is not None:
+        items.append((OBSERVED_AT, _VALID_TIME if _well_formed_time(observed) else observed))
+    return tuple(sorted(items))
+
+
+def _well_formed_time(text: str) -> bool:
+    """What `decode_node_state` accepts for `observed-at` (RFC 3339 UTC, seconds, "Z")."""
+    if len(text) != len("2026-01-01T00:00:00Z"):
+        return False
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def active_pending_pod(pod: PodInfo) -> PendingPod | None:
@@ -136,7 +160,7 @@ class ClusterView:
         entry = self._nodes.get(node.name)
         if entry is not None and entry.key == key:
             return node.name
-        state, problem = self._decode(key)
+        state, problem = self._decode(key, node.annotations)
         self._nodes[node.name] = _Node(key, state, problem)
         self._changed(node.name)
         return node.name
@@ -374,7 +398,7 @@ class ClusterView:
         memo_key = (key, self._pods_version.get(node.name, 0), request.shape, scored)
         found = self._request_memo.get(memo_key)
         if found is None:
-            state, problem = self._decode(key)
+            state, problem = self._decode(key, node.annotations)
             found = self._judge(node.name, state, problem, request, scored)
             if len(self._request_memo) >= _MEMO_LIMIT:
                 self._request_memo.clear()
@@ -397,14 +421,16 @@ class ClusterView:
             return unknown(problem)
         return judge_node(state, self.pending_on(name), request, scored=scored)
 
-    def _decode(self, key: StateKey) -> tuple[NodeState | None, str]:
+    def _decode(self, key: StateKey, annotations: Mapping[str, str]) -> tuple[NodeState | None, str]:
+        """The state `annotations` describe, memoised by `key` (`state_key` of them): two states that differ
+        only in `observed-at` share one decoded state, whose `observed_at` is the first one seen."""
         decoded = self._decoded.get(key)
         if decoded is None:
             if not key:
                 decoded = "no neuron-contig.io/ annotations (is the device plugin running on it?)"
             else:
                 try:
-                    decoded = decode_node_state(dict(key))
+                    decoded = decode_node_state(annotations)
                 except NodeStateError as err:
                     decoded = f"node state annotations: {err}"
             if len(self._decoded) >= _MEMO_LIMIT:
