@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -19,12 +20,15 @@ from kubernetes.config import ConfigException
 from extender.bind import Binder
 from extender.cache import ClusterView
 from extender.kube import KINDS, KubeApi, Reflector, WatchEvent
+from extender.listener import ConnectionLimits, Listener, effective_max_connections, raise_fd_limit
 from extender.metrics import ExtenderMetrics
+from extender.ratelog import Throttle
 from extender.server import ServerSettings, build_app, build_metrics_app
+from extender.tls import TlsFiles
 from neuroncli.flags import Flag, add_flags
 from neuronlog import configure_logging, get_logger
 
-__all__ = ["Config", "main", "parse_config", "reflectors_for", "tune_gc"]
+__all__ = ["Config", "main", "parse_config", "reflectors_for", "throttle_library_logs", "tune_gc"]
 
 log = get_logger("extender")
 
@@ -38,27 +42,46 @@ class Config:
     standalone: bool
     tls_cert_file: str
     tls_key_file: str
+    tls_client_ca_file: str
     log_level: str
     max_body_bytes: int
+    max_names_body_bytes: int
+    max_inflight_bytes: int
+    max_connections: int
+    header_timeout: float
+    idle_timeout: float
     read_timeout: float
     handler_timeout: float
     watch_timeout: int
 
 
+_MiB = 1024 * 1024
 _FLAGS: tuple[Flag, ...] = (
     Flag("address", "0.0.0.0", "listen address"),
     Flag("port", "8888", "serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port", int),
-    Flag("metrics-port", "0", "serve /metrics on this port instead; 0 = on --port", int),
+    Flag("metrics-port", "0", "serve /metrics (and /healthz, /readyz) on this port too; 0 = on --port only", int),
     Flag("kubeconfig", "", "kubeconfig file; empty = in-cluster service account"),
     Flag("tls-cert-file", "", "serve HTTPS with this cert"),
     Flag("tls-key-file", "", "and this key"),
-    Flag("max-body-bytes", str(64 * 1024 * 1024), "request body cap; larger bodies get 413", int),
+    Flag("tls-client-ca-file", "", "require client certificates signed by this CA (mutual TLS)"),
+    Flag("max-body-bytes", str(64 * _MiB), "largest body accepted: the cap on a Nodes-mode (--standalone) "
+         "filter/prioritize body; larger gets 413", int),
+    Flag("max-names-body-bytes", str(4 * _MiB), "cap on a filter/prioritize body when the extender keeps its "
+         "node cache (NodeNames mode); larger gets 413", int),
+    Flag("max-inflight-bytes", str(192 * _MiB), "estimated memory all request bodies in flight may hold together, "
+         "raw and decoded; more gets 503, one body decoding to more gets 413", int),
+    Flag("max-connections", "256", "open client connections on --port; at the cap a new one replaces the "
+         "longest-idle one, else it is refused", int),
+    Flag("header-timeout", "5", "seconds from connect (or a kept-alive request's first byte) to a complete "
+         "request head; slower gets 408 and is closed", float),
+    Flag("idle-timeout", "120", "seconds a kept-alive connection may wait for its next request", float),
     Flag("read-timeout", "10", "seconds to receive a request body; slower gets 408", float),
-    Flag("handler-timeout", "4.5", "seconds to answer; keep below the scheduler's httpTimeout", float),
+    Flag("handler-timeout", "4.5", "seconds to answer once the body is in; keep below the scheduler's httpTimeout",
+         float),
     Flag("watch-timeout", "300", "seconds each API watch stays open before it is renewed", int),
     Flag("standalone", "", "no API server: answer Nodes-mode filter/prioritize only", switch=True),
     Flag("log-level", "info", "", choices=("debug", "info", "warning", "error")),
-)
+)  # fmt: skip
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -70,13 +93,25 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     ns = p.parse_args(argv)
     if bool(ns.tls_cert_file) != bool(ns.tls_key_file):
         p.error("--tls-cert-file and --tls-key-file go together")
-    if ns.max_body_bytes < 1024:
-        p.error("--max-body-bytes must be at least 1024")
+    if ns.tls_client_ca_file and not ns.tls_cert_file:
+        p.error("--tls-client-ca-file needs --tls-cert-file and --tls-key-file (mutual TLS is TLS)")
+    for flag in ("max_body_bytes", "max_names_body_bytes"):
+        if getattr(ns, flag) < 1024:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1024")
+    if ns.max_inflight_bytes < 1 * _MiB:
+        p.error("--max-inflight-bytes must be at least 1 MiB")
+    if ns.max_connections < 8:
+        p.error("--max-connections must be at least 8")
+    for flag in ("header_timeout", "idle_timeout", "read_timeout", "handler_timeout"):
+        if not getattr(ns, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} must be above 0")
     return Config(
         address=ns.address, port=ns.port, metrics_port=ns.metrics_port, kubeconfig=ns.kubeconfig,
         standalone=ns.standalone, tls_cert_file=ns.tls_cert_file, tls_key_file=ns.tls_key_file,
-        log_level=ns.log_level, max_body_bytes=ns.max_body_bytes, read_timeout=ns.read_timeout,
-        handler_timeout=ns.handler_timeout, watch_timeout=ns.watch_timeout,
+        tls_client_ca_file=ns.tls_client_ca_file, log_level=ns.log_level, max_body_bytes=ns.max_body_bytes,
+        max_names_body_bytes=ns.max_names_body_bytes, max_inflight_bytes=ns.max_inflight_bytes,
+        max_connections=ns.max_connections, header_timeout=ns.header_timeout, idle_timeout=ns.idle_timeout,
+        read_timeout=ns.read_timeout, handler_timeout=ns.handler_timeout, watch_timeout=ns.watch_timeout,
     )  # fmt: skip
 
 
@@ -99,13 +134,21 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _tls(cfg: Config) -> ssl.SSLContext | None:
-    if not cfg.tls_cert_file:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
-    return context
+class _Throttled(logging.Filter):
+    """Lets through one record per (logger, message) per interval: asyncio and aiohttp log every failed TLS
+    read or malformed request on their own, and a flood of those must not become a flood of lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._throttle = Throttle()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._throttle.admit((record.name, str(record.msg)[:200])) is not None
+
+
+def throttle_library_logs() -> None:
+    for name in ("asyncio", "aiohttp.server", "aiohttp.web", "aiohttp.access"):
+        logging.getLogger(name).addFilter(_Throttled())
 
 
 async def _serve(cfg: Config) -> int:
@@ -129,28 +172,48 @@ async def _serve(cfg: Config) -> int:
 
         reflectors = reflectors_for(api, view, loop, watch_timeout=cfg.watch_timeout)
         binder = Binder(api, view)
+    tls = _tls_files(cfg, metrics)
     settings = ServerSettings(
-        max_body_bytes=cfg.max_body_bytes, read_timeout=cfg.read_timeout, handler_timeout=cfg.handler_timeout,
-        standalone=cfg.standalone, serve_metrics=cfg.metrics_port == 0,
+        max_body_bytes=cfg.max_body_bytes, max_names_body_bytes=cfg.max_names_body_bytes,
+        max_inflight_bytes=cfg.max_inflight_bytes, read_timeout=cfg.read_timeout,
+        handler_timeout=cfg.handler_timeout, standalone=cfg.standalone, serve_metrics=cfg.metrics_port == 0,
     )  # fmt: skip
-    runners = [web.AppRunner(build_app(settings, view, binder, metrics), access_log=None)]
+    fd_limit = raise_fd_limit()
+    listeners_count = 2 if cfg.metrics_port else 1
+    max_connections = effective_max_connections(cfg.max_connections, fd_limit, listeners_count)
+    if max_connections < cfg.max_connections:
+        log.warning("extender.connections_lowered", max_connections=max_connections, fd_limit=fd_limit,
+                    rule="--max-connections lowered to fit under the file-descriptor limit")  # fmt: skip
+    limits = ConnectionLimits(max_connections=max_connections, header_timeout=cfg.header_timeout,
+                              idle_timeout=cfg.idle_timeout)  # fmt: skip
+    main_runner = web.AppRunner(build_app(settings, view, binder, metrics), access_log=None, handle_signals=False)
+    runners = [main_runner]
+    await main_runner.setup()
+    listeners = [
+        Listener(main_runner, cfg.address, cfg.port, limits, tls=tls.server_context if tls else None,
+                 on_reject=metrics.http_rejected, name="http"),
+    ]  # fmt: skip
     if cfg.metrics_port:
-        runners.append(web.AppRunner(build_metrics_app(metrics), access_log=None))
+        metrics_runner = web.AppRunner(build_metrics_app(metrics, settings, view), access_log=None,
+                                       handle_signals=False)  # fmt: skip
+        await metrics_runner.setup()
+        runners.append(metrics_runner)
+        listeners.append(Listener(metrics_runner, cfg.address, cfg.metrics_port, limits,
+                                  on_reject=metrics.http_rejected, name="metrics_http"))  # fmt: skip
+    for name, listener in zip(("main", "metrics"), listeners, strict=False):
+        metrics.watch_connections(name, _counter(listener))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        ports = []
-        for runner, port, tls in (
-            (runners[0], cfg.port, _tls(cfg)),
-            *((r, cfg.metrics_port, None) for r in runners[1:]),
-        ):
-            await runner.setup()
-            site = web.TCPSite(runner, cfg.address, port, ssl_context=tls, backlog=1024)
-            await site.start()
-            ports.append(_bound_port(runner))
+        ports = [await listener.start() for listener in listeners]
         log.info("extender.listening", address=cfg.address, port=ports[0], metrics_port=ports[1:] or ports[0],
-                 tls=bool(cfg.tls_cert_file), standalone=cfg.standalone)  # fmt: skip
+                 tls=tls is not None, mutual_tls=bool(tls and tls.mutual), standalone=cfg.standalone,
+                 max_connections=max_connections)  # fmt: skip
+        if tls is None:
+            log.warning("extender.plain_http", port=ports[0],
+                        rule="no --tls-cert-file: serving plain HTTP; anyone who can reach the port can call "
+                        "/filter, /prioritize and /bind (deploy/ runs mutual TLS)")  # fmt: skip
         for reflector in reflectors:
             reflector.start()
         await stop.wait()
@@ -158,19 +221,27 @@ async def _serve(cfg: Config) -> int:
     finally:
         for reflector in reflectors:
             reflector.stop()
+        for listener in listeners:
+            await listener.stop()
         for runner in runners:
             await runner.cleanup()
     return 0
 
 
-def _bound_port(runner: web.AppRunner) -> int:
-    address = runner.addresses[0]
-    return int(address[1])
+def _counter(listener: Listener) -> Callable[[], float]:
+    return lambda: listener.open_connections
+
+
+def _tls_files(cfg: Config, metrics: ExtenderMetrics) -> TlsFiles | None:
+    if not cfg.tls_cert_file:
+        return None
+    return TlsFiles(cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_client_ca_file, on_reload=metrics.tls_reloaded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(argv)
     configure_logging(cfg.log_level)
+    throttle_library_logs()
     tune_gc()
     try:
         return asyncio.run(_serve(cfg))
@@ -178,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("extender.start_failed", error=str(err), port=cfg.port)
         return 1
     except ssl.SSLError as err:
-        log.error("extender.start_failed", error=str(err), rule="TLS cert/key must be a matching PEM pair")
+        log.error("extender.start_failed", error=str(err),
+                  rule="TLS cert/key must be a matching PEM pair, and the client CA a PEM certificate")  # fmt: skip
         return 1
 
 
