@@ -46,7 +46,13 @@ class KubeApi:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
             config.load_incluster_config(client_configuration=configuration)
-        self._api = client.CoreV1Api(client.ApiClient(configuration))
+        # Binds run in parallel threads (one per node being bound); the default pool of 5 x cores would
+        # discard connections under a burst.
+        configuration.connection_pool_maxsize = 32
+        api_client = client.ApiClient(configuration)
+        self._api = client.CoreV1Api(api_client)
+        self._leases = client.CoordinationV1Api(api_client)
+        self._client = api_client
         # (connect, read): the client ignores a bare float.
         self._timeout = (request_timeout, request_timeout)
         self._seconds = request_timeout
@@ -84,10 +90,16 @@ class KubeApi:
     def get_node(self, name: str) -> Any:
         return self._json(self._api.read_node(name, _preload_content=False, _request_timeout=self._timeout))
 
-    def get_pod(self, namespace: str, name: str) -> Any:
+    def get_pod(self, namespace: str, name: str, *, timeout: float | None = None) -> Any:
         return self._json(
-            self._api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=self._timeout)
+            self._api.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+            )
         )
+
+    def _seconds_pair(self, timeout: float | None) -> tuple[float, float]:
+        seconds = self._seconds if timeout is None else max(0.05, timeout)
+        return (seconds, seconds)
 
     def pods_on_node(self, node: str) -> list[Any]:
         response = self._api.list_pod_for_all_namespaces(
@@ -97,19 +109,64 @@ class KubeApi:
         )
         return list(self._json(response).get("items") or ())
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        """POST pods/{name}/binding, as kube-scheduler's default binder does (with the UID as a precondition)."""
-        body = client.V1Binding(
-            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid or None),
-            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-        )
-        # The reply is a Status, which the generated model cannot deserialise: read it raw.
-        response = self._api.create_namespaced_pod_binding(
-            name, namespace, body, _preload_content=False, _request_timeout=self._timeout
+    def bind(self, namespace: str, name: str, uid: str, node: str, *, timeout: float | None = None) -> None:
+        """POST pods/{name}/binding, as kube-scheduler's default binder does (with the UID as a precondition).
+
+        `timeout` bounds the call on both ends: the client gives up after it, and the API server is told it
+        too (the `timeout` query parameter sets the request's deadline there), so a binding the client gave up
+        on is not written later by a server still working on it (bar one already being committed)."""
+        seconds = self._seconds if timeout is None else max(0.05, timeout)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        response = self._client.call_api(
+            "/api/v1/namespaces/{namespace}/pods/{name}/binding",
+            "POST",
+            {"namespace": namespace, "name": name},
+            [("timeout", f"{max(1, int(seconds * 1000))}ms")],
+            {"Accept": "application/json", "Content-Type": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=(seconds, seconds),
         )
         # Read the body before the connection goes back to the pool: an unread reply poisons the next request.
         _ = response.data
         response.release_conn()
+
+    # ---- the binder Lease (coordination.k8s.io/v1) ---------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str, *, timeout: float) -> Any:
+        """The Lease as JSON, or None if it does not exist."""
+        try:
+            return self._json(
+                self._leases.read_namespaced_lease(
+                    name, namespace, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+                )
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def create_lease(self, namespace: str, lease: Any, *, timeout: float) -> Any:
+        return self._json(
+            self._leases.create_namespaced_lease(
+                namespace, lease, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+            )
+        )
+
+    def replace_lease(self, namespace: str, name: str, lease: Any, *, timeout: float) -> Any:
+        """PUT with lease.metadata.resourceVersion as the precondition: 409 Conflict if it changed."""
+        return self._json(
+            self._leases.replace_namespaced_lease(
+                name, namespace, lease, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+            )
+        )
 
 
 # One watch event is one object; etcd refuses objects above 1.5 MiB, so a longer line is not an event.
@@ -164,11 +221,21 @@ class Reflector(threading.Thread):
         super().__init__(name=f"reflector-{kind}", daemon=True)
         self._api = api
         self._kind = kind
+        self.kind = kind
         self._deliver = deliver
         self._watch_timeout = watch_timeout
         self._max_backoff = max_backoff
         self._stopping = threading.Event()
+        self._relisting = threading.Event()
         self._response: Any = None
+
+    def relist(self) -> None:
+        """List again now (a consistent read), then watch from there. Thread-safe; returns at once."""
+        self._relisting.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -182,17 +249,20 @@ class Reflector(threading.Thread):
         backoff = 0.5
         while not self._stopping.is_set():
             try:
+                self._relisting.clear()
                 items, version = self._api.list_objects(self._kind)
                 self._deliver(WatchEvent(self._kind, "SYNC", tuple(items)))
                 log.info("cache.listed", kind=self._kind, objects=len(items), resource_version=version)
                 backoff = 0.5
-                while not self._stopping.is_set():
+                while not self._stopping.is_set() and not self._relisting.is_set():
                     version = self._watch_once(version)
             except _Expired:
                 log.info("cache.relist", kind=self._kind, rule="watch resourceVersion expired (410 Gone)")
             except Exception as err:
                 if self._stopping.is_set():
                     return
+                if self._relisting.is_set():
+                    continue  # the watch was closed on purpose, to list again
                 log.warning("cache.watch_failed", kind=self._kind, error=repr(err), retry_in_seconds=backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
@@ -201,6 +271,8 @@ class Reflector(threading.Thread):
         self._response = self._api.open_watch(self._kind, version, self._watch_timeout)
         self._deliver(WatchEvent(self._kind, "CONTACT", ()))
         try:
+            if self._relisting.is_set():  # asked while the watch was opening: `relist` saw no response to close
+                return version
             for event in watch_lines(self._response):
                 kind, obj = _event_parts(event)
                 if kind == "ERROR":

@@ -6,22 +6,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from kubernetes.config import ConfigException
 
-from extender.bind import Binder
+from extender.bind import Binder, BindSettings
 from extender.cache import ClusterView
+from extender.forward import Forwarder
 from extender.kube import KINDS, KubeApi, Reflector, WatchEvent
+from extender.lease import BinderLease, LeaseSettings, binder_identity
 from extender.listener import ConnectionLimits, Listener, effective_max_connections, raise_fd_limit
 from extender.metrics import ExtenderMetrics
+from extender.podcache import SeenPods
+from extender.probe import PluginProbe
 from extender.ratelog import Throttle
 from extender.server import ServerSettings, build_app, build_metrics_app
 from extender.tls import TlsFiles
@@ -53,9 +60,15 @@ class Config:
     read_timeout: float
     handler_timeout: float
     watch_timeout: int
+    scheduler_name: str
+    lease_name: str
+    lease_namespace: str
+    lease_duration: int
+    advertise_address: str
 
 
 _MiB = 1024 * 1024
+_SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _FLAGS: tuple[Flag, ...] = (
     Flag("address", "0.0.0.0", "listen address"),
     Flag("port", "8888", "serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port", int),
@@ -79,6 +92,13 @@ _FLAGS: tuple[Flag, ...] = (
     Flag("handler-timeout", "4.5", "seconds to answer once the body is in; keep below the scheduler's httpTimeout",
          float),
     Flag("watch-timeout", "300", "seconds each API watch stays open before it is renewed", int),
+    Flag("scheduler-name", "neuron-contig-scheduler", "bind only pods with this spec.schedulerName"),
+    Flag("lease-name", "neuron-contig-extender", "the coordination.k8s.io Lease whose holder is the one replica "
+         "that binds (others forward to it); empty = no lease, safe with one replica only"),
+    Flag("lease-namespace", "", "namespace of the Lease; empty = this pod's namespace (else default)"),
+    Flag("lease-duration", "15", "seconds a binder lease lasts without renewal", int),
+    Flag("advertise-address", "", "IP other replicas use to reach this one, published in the Lease; empty = "
+         "--address if specific, else the IP the host name resolves to (the pod IP)"),
     Flag("standalone", "", "no API server: answer Nodes-mode filter/prioritize only", switch=True),
     Flag("log-level", "info", "", choices=("debug", "info", "warning", "error")),
 )  # fmt: skip
@@ -102,6 +122,13 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         p.error("--max-inflight-bytes must be at least 1 MiB")
     if ns.max_connections < 8:
         p.error("--max-connections must be at least 8")
+    if ns.advertise_address:
+        try:
+            ipaddress.ip_address(ns.advertise_address)
+        except ValueError:
+            p.error(f"--advertise-address must be an IP address, got {ns.advertise_address!r}")
+    if not 3 <= ns.lease_duration <= 300:
+        p.error("--lease-duration must be from 3 to 300 seconds")
     for flag in ("header_timeout", "idle_timeout", "read_timeout", "handler_timeout"):
         if not getattr(ns, flag) > 0:
             p.error(f"--{flag.replace('_', '-')} must be above 0")
@@ -112,6 +139,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         max_names_body_bytes=ns.max_names_body_bytes, max_inflight_bytes=ns.max_inflight_bytes,
         max_connections=ns.max_connections, header_timeout=ns.header_timeout, idle_timeout=ns.idle_timeout,
         read_timeout=ns.read_timeout, handler_timeout=ns.handler_timeout, watch_timeout=ns.watch_timeout,
+        scheduler_name=ns.scheduler_name, lease_name=ns.lease_name, lease_namespace=ns.lease_namespace,
+        lease_duration=ns.lease_duration, advertise_address=ns.advertise_address,
     )  # fmt: skip
 
 
@@ -156,6 +185,9 @@ async def _serve(cfg: Config) -> int:
     view = ClusterView()
     metrics = ExtenderMetrics()
     metrics.watch_cache(lambda: view.size, view.staleness_seconds)
+    tls = _tls_files(cfg, metrics)
+    identity = binder_identity()
+    api: KubeApi | None = None
     binder: Binder | None = None
     reflectors: list[Reflector] = []
     if not cfg.standalone:
@@ -169,10 +201,13 @@ async def _serve(cfg: Config) -> int:
                 rule="without --standalone the extender needs an API server for its node cache and bind",
             )
             return 2
-
         reflectors = reflectors_for(api, view, loop, watch_timeout=cfg.watch_timeout)
-        binder = Binder(api, view)
-    tls = _tls_files(cfg, metrics)
+        pods = next(r for r in reflectors if r.kind == "pods")
+        binder = Binder(
+            api, view, SeenPods(), settings=BindSettings(scheduler_name=cfg.scheduler_name),
+            forwarder=Forwarder(identity, tls.client_context if tls else None), probe=PluginProbe(),
+            refresh_pods=pods.relist, on_outcome=lambda o: metrics.bind_outcome(o.reason, o.forwarded, o.ok),
+        )  # fmt: skip
     settings = ServerSettings(
         max_body_bytes=cfg.max_body_bytes, max_names_body_bytes=cfg.max_names_body_bytes,
         max_inflight_bytes=cfg.max_inflight_bytes, read_timeout=cfg.read_timeout,
@@ -205,6 +240,8 @@ async def _serve(cfg: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    lease: BinderLease | None = None
+    lease_task: asyncio.Task[None] | None = None
     try:
         ports = [await listener.start() for listener in listeners]
         log.info("extender.listening", address=cfg.address, port=ports[0], metrics_port=ports[1:] or ports[0],
@@ -214,18 +251,72 @@ async def _serve(cfg: Config) -> int:
             log.warning("extender.plain_http", port=ports[0],
                         rule="no --tls-cert-file: serving plain HTTP; anyone who can reach the port can call "
                         "/filter, /prioritize and /bind (deploy/ runs mutual TLS)")  # fmt: skip
+        if binder is not None and api is not None:
+            if cfg.lease_name:
+                lease = BinderLease(api, _lease_settings(cfg, identity, ports[0], tls is not None),
+                                    on_change=_on_lease_change(metrics, binder))  # fmt: skip
+                binder.lease = lease
+                lease_task = loop.create_task(lease.run())
+            else:
+                log.warning("extender.no_lease", rule="--lease-name is empty: this replica binds on its own, "
+                            "which is safe with one replica only")  # fmt: skip
         for reflector in reflectors:
             reflector.start()
         await stop.wait()
         log.info("extender.stopping", rule="signal received")
     finally:
+        if lease is not None and binder is not None:
+            await lease.step_down(binder.drained)  # stop binding, finish binds in flight, hand the lease back
+        if lease_task is not None:
+            lease_task.cancel()
         for reflector in reflectors:
             reflector.stop()
         for listener in listeners:
             await listener.stop()
         for runner in runners:
             await runner.cleanup()
+        if binder is not None:
+            await binder.close()
+        if lease is not None:
+            lease.close()
     return 0
+
+
+def _on_lease_change(metrics: ExtenderMetrics, binder: Binder) -> Callable[[bool], None]:
+    def changed(holding: bool) -> None:
+        metrics.lease_held(holding)
+        binder.lease_changed(holding)
+
+    return changed
+
+
+def _lease_settings(cfg: Config, identity: str, port: int, tls: bool) -> LeaseSettings:
+    host = _advertise_host(cfg)
+    url = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}" if host else ""
+    namespace = cfg.lease_namespace or _own_namespace()
+    duration = float(cfg.lease_duration)
+    return LeaseSettings(cfg.lease_name, namespace, identity, url, duration=duration, renew_every=duration / 7.5,
+                         margin=max(1.0, duration / 15))  # fmt: skip
+
+
+def _advertise_host(cfg: Config) -> str:
+    """Where other replicas reach this one: --advertise-address, else a specific --address, else the address
+    the host (pod) name resolves to, as in a pod's /etc/hosts."""
+    if cfg.advertise_address:
+        return cfg.advertise_address
+    if cfg.address not in ("", "0.0.0.0", "::"):
+        return cfg.address
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return ""
+
+
+def _own_namespace() -> str:
+    try:
+        return Path(_SERVICE_ACCOUNT_NAMESPACE).read_text().strip()[:63] or "default"
+    except OSError:
+        return "default"
 
 
 def _counter(listener: Listener) -> Callable[[], float]:

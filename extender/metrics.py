@@ -25,10 +25,16 @@ __all__ = [
 ]
 
 VERBS = ("filter", "prioritize", "bind")
+# Every outcome of a bind this replica decides (extender.bind.BIND_REASONS, which must match).
+BIND_REASONS = (
+    "ok", "no_block", "unresolvable", "unknown_node", "not_serving", "not_ours", "no_neuron_request",
+    "already_bound", "mismatch", "not_found", "api_error", "outcome_unknown", "deadline", "not_binder",
+    "forward_error",
+)  # fmt: skip
 RESULTS = ("ok", "bad_request", "error")
 Result = str  # one of RESULTS
-RejectReason = str  # no_block | unresolvable | unknown_node
-REJECT_REASONS = ("no_block", "unresolvable", "unknown_node")
+RejectReason = str  # no_block | unresolvable | unknown_node | not_serving
+REJECT_REASONS = ("no_block", "unresolvable", "unknown_node", "not_serving")
 # Refused before any handler ran: the body cap, the in-flight memory budget, the connection cap, header / body
 # timeouts, an oversized head, a failed TLS handshake, a failed accept.
 HTTP_REJECT_REASONS = (
@@ -54,7 +60,7 @@ class ExtenderMetrics:
             ["verb", "result"], namespace=ns, subsystem=sub, registry=self.registry,
         )  # fmt: skip
         self.nodes_rejected = Counter(
-            "nodes_rejected", "Nodes filtered out, by reason (no_block | unresolvable | unknown_node).",
+            "nodes_rejected", "Nodes filtered out, by reason (no_block | unresolvable | unknown_node | not_serving).",
             ["reason"], namespace=ns, subsystem=sub, registry=self.registry,
         )  # fmt: skip
         self.cache_nodes = Gauge(
@@ -88,6 +94,23 @@ class ExtenderMetrics:
         )  # fmt: skip
         for result in ("ok", "error"):
             self.tls_reloads.labels(result)
+        self.binds = Counter(
+            "binds", "Binds this replica decided, by outcome (" + " | ".join(BIND_REASONS) + ").",
+            ["reason"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.binds_forwarded = Counter(
+            "binds_forwarded", "Binds forwarded to the replica holding the binder lease, by result "
+            "(ok | refused | error: the holder could not be asked).",
+            ["result"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.binder_active = Gauge(
+            "binder_active", "1 while this replica holds the binder lease (the one active binder), else 0.",
+            namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        for reason in BIND_REASONS:
+            self.binds.labels(reason)
+        for result in ("ok", "refused", "error"):
+            self.binds_forwarded.labels(result)
         for reason in HTTP_REJECT_REASONS:
             self.http_rejected_total.labels(reason)
         for port in ("main", "metrics"):
@@ -112,6 +135,15 @@ class ExtenderMetrics:
 
     def http_rejected(self, reason: str) -> None:
         self.http_rejected_total.labels(reason).inc()
+
+    def bind_outcome(self, reason: str, forwarded: bool, ok: bool) -> None:
+        if forwarded:
+            self.binds_forwarded.labels("ok" if ok else "error" if reason == "forward_error" else "refused").inc()
+        elif reason in BIND_REASONS:
+            self.binds.labels(reason).inc()
+
+    def lease_held(self, holding: bool) -> None:
+        self.binder_active.set(1 if holding else 0)
 
     def tls_reloaded(self, result: str) -> None:
         self.tls_reloads.labels(result).inc()

@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from extender.answers import FilterAnswer
 from extender.bind import Binder
 from extender.cache import ClusterView
+from extender.forward import DEADLINE_HEADER, FORWARDED_HEADER
 from extender.limits import BodyCaps, Budget, Reservation, decoded_estimate
 from extender.metrics import CONTENT_TYPE_LATEST, REJECT_REASONS, VERBS, ExtenderMetrics
 from extender.ratelog import Throttle
@@ -183,8 +184,13 @@ def build_app(
             return "the node cache has not finished its first list from the API server yet; retry"
         return ""
 
+    def seen(args: ExtenderArgs) -> None:
+        if binder is not None and not args.pod.request.empty:
+            binder.seen.add(args.pod)  # the scheduler binds what it filtered: bind reads the pod from here
+
     async def filter_handler(request: web.Request) -> web.Response:
         args = parse_args(request)
+        seen(args)
         problem = cache_problem(args)
         if problem:
             request["result"] = "error"
@@ -193,7 +199,8 @@ def build_app(
         passed = answer.passed
         metrics.rejected("unresolvable", answer.unresolvable)
         metrics.rejected("unknown_node", answer.unknown)
-        metrics.rejected("no_block", answer.failed - answer.unknown)
+        metrics.rejected("not_serving", answer.not_serving)
+        metrics.rejected("no_block", answer.failed - answer.unknown - answer.not_serving)
         pod = args.pod
         if not pod.request.empty:
             metrics.pod_schedulable(pod.key, {n.resource.short for n in pod.request.needs}, bool(passed))
@@ -206,6 +213,7 @@ def build_app(
 
     async def prioritize_handler(request: web.Request) -> web.Response:
         args = parse_args(request)
+        seen(args)
         problem = cache_problem(args)
         if problem:
             # HostPriorityList has no error field: an HTTP error is the only way to say it.
@@ -220,7 +228,12 @@ def build_app(
         if binder is None:
             request["result"] = "error"
             return _json_response(encode_binding_result(_STANDALONE))
-        outcome = await binder.bind(args)
+        deadline = request["deadline"]
+        left = request.headers.get(DEADLINE_HEADER, "")
+        if left.isascii() and left.isdigit() and len(left) <= 6:  # a forwarding replica says what time is left
+            deadline = min(deadline, asyncio.get_running_loop().time() + int(left) / 1000)
+        # A task of its own, shielded: a handler timeout must not cancel a bind holding a node's lock.
+        outcome = await asyncio.shield(binder.start(args, deadline, forwarded=FORWARDED_HEADER in request.headers))
         if not outcome.ok:
             request["result"] = "error"
             if outcome.reason in REJECT_REASONS:

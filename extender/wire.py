@@ -66,6 +66,7 @@ class PodInfo:
     created: str  # metadata.creationTimestamp (RFC 3339 sorts as text), "" if absent
     phase: str  # status.phase, "" if absent
     request: PodRequest
+    scheduler_name: str = "default-scheduler"  # spec.schedulerName, defaulted as the API server does
 
     @property
     def key(self) -> str:
@@ -200,6 +201,7 @@ def parse_pod(doc: Any, path: str = "Pod") -> PodInfo:
         created=_string(meta.get("creationTimestamp"), f"{path}.metadata.creationTimestamp"),
         phase=_string(status.get("phase"), f"{path}.status.phase"),
         request=request,
+        scheduler_name=_string(spec.get("schedulerName"), f"{path}.spec.schedulerName") or "default-scheduler",
     )
 
 

@@ -158,10 +158,10 @@ def test_bind_binds_and_the_next_filter_sees_it(api: tuple[FakeApiServer, Path])
 @pytest.mark.parametrize(
     ("doc", "words"),
     [
-        ({"PodName": "ghost", "PodNamespace": "default", "PodUID": "u", "Node": "a"}, "404"),
+        ({"PodName": "ghost", "PodNamespace": "default", "PodUID": "u", "Node": "a"}, "does not exist"),
         ({"PodName": "p", "PodNamespace": "default", "PodUID": "other-uid", "Node": "a"}, "recreated"),
         ({"PodName": "p", "PodNamespace": "default", "PodUID": "uid-default-p", "Node": "garbled"}, "(unknown)"),
-        ({"PodName": "p", "PodNamespace": "default", "PodUID": "uid-default-p", "Node": "nowhere"}, "404"),
+        ({"PodName": "p", "PodNamespace": "default", "PodUID": "uid-default-p", "Node": "nowhere"}, "not in the"),
     ],
     ids=["pod-missing", "uid-mismatch", "node-garbled", "node-missing"],
 )

@@ -200,6 +200,17 @@ def test_health_readiness_and_metrics(http: Http) -> None:
         "neuron_contig_extender_cache_nodes",
         "neuron_contig_extender_cache_staleness_seconds",
         'neuron_contig_extender_pods_unschedulable{resource="neuron"} 0.0',
+        # Zero before the first event, like every label value above.
+        'neuron_contig_extender_nodes_rejected_total{reason="not_serving"} 0.0',
+        'neuron_contig_extender_binds_total{reason="ok"} 0.0',
+        'neuron_contig_extender_binds_total{reason="outcome_unknown"} 0.0',
+        'neuron_contig_extender_binds_forwarded_total{result="error"} 0.0',
+        "neuron_contig_extender_binder_active 0.0",
+        'neuron_contig_extender_http_rejected_total{reason="memory"} 0.0',
+        'neuron_contig_extender_http_rejected_total{reason="header_timeout"} 0.0',
+        'neuron_contig_extender_tls_reloads_total{result="error"} 0.0',
+        'neuron_contig_extender_connections{port="main"}',
+        "neuron_contig_extender_inflight_bytes 0.0",
     ]:
         assert line in text, line
 
