@@ -31,6 +31,7 @@ import asyncio
 import gc
 import itertools
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pool = urllib3.PoolManager(maxsize=1)
     print(f"{'nodes':>6} {'mode':<10} {'names':>6} {'body':>8} {'server':<6} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'noop p50':>9} {'noop p99':>9} {'x p50':>6} {'x p99':>6} {'own ms':>7} {'cold max':>9}")  # fmt: skip
+          f"{'noop p50':>9} {'noop p99':>9} {'x p50':>6} {'x p99':>6} {'own ms':>7} {'cpu':>6} "
+          f"{'cold max':>9}")  # fmt: skip
     noop, noop_port = start(serve_nothing)
     trees = {"ours": "", **({"base": args.baseline_tree} if args.baseline_tree else {})}
     try:
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, tree in trees.items()
             }
             try:
-                bases = {name: f"http://127.0.0.1:{port}" for name, (_, port) in servers.items()}
+                bases = {name: (f"http://127.0.0.1:{port}", proc.pid) for name, (proc, port) in servers.items()}
                 run_node_count(pool, args, count, bases, f"http://127.0.0.1:{noop_port}")
             finally:
                 for proc, _ in servers.values():
@@ -283,14 +285,23 @@ def main(argv: list[str] | None = None) -> int:
         noop.join(10)
     print("names: per request; below the node count, the window kube-scheduler sends with its default")
     print("  percentageOfNodesToScore. server: ours, or base (--baseline-tree). own ms: that extender's own mean")
-    print("  time per pair, from its histogram. x: ratio to the do-nothing handler given the same bytes.")
+    print("  time per pair, from its histogram. x: ratio to the do-nothing handler given the same bytes. cpu: that")
+    print("  extender's CPU time over the measured loop per wall second (requests, churn, heartbeats, its warmer).")
     print("goal: p99 < 10 ms for filter + prioritize at 5,000 nodes in NodeNames mode")
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_node_count(
-    pool: urllib3.PoolManager, args: argparse.Namespace, count: int, extenders: dict[str, str], noop: str
+    pool: urllib3.PoolManager, args: argparse.Namespace, count: int, servers: dict[str, tuple[str, int]], noop: str
 ) -> None:
+    extenders = {name: base for name, (base, _) in servers.items()}
     rng = random.Random(args.seed)
     names = [f"node-{i}" for i in range(count)]
     node_docs = [random_node(name, random.Random(args.seed + i)) for i, name in enumerate(names)]
@@ -318,13 +329,17 @@ def run_node_count(
             wait_warm(pool, base)
         bodies = [body(random_pod(i, rng)) for i in range(n + 10)]
         before = {name: server_seconds(pool, base) for name, base in extenders.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
+        wall = time.monotonic()
         *ours, floor = measure(pool, [*extenders.values(), noop], bodies, 10)
+        wall = time.monotonic() - wall
         for (name, base), samples, cold in zip(extenders.items(), ours, colds, strict=True):
             own_ms = (server_seconds(pool, base) - before[name]) / len(bodies) * 1000
+            cpu = (cpu_seconds(servers[name][1]) - cpu_before[name]) / wall * 100
             print(f"{count:>6} {mode:<10} {width:>6} {len(bodies[0]) / 1024:>6.0f}KB {name:<6} "
                   f"{pct(samples, .5):>7.2f} {pct(samples, .99):>7.2f} {pct(floor, .5):>9.2f} {pct(floor, .99):>9.2f} "
                   f"{pct(samples, .5) / pct(floor, .5):>6.1f} {pct(samples, .99) / pct(floor, .99):>6.1f} "
-                  f"{own_ms:>7.2f} {max(cold) * 1000:>9.0f}")  # fmt: skip
+                  f"{own_ms:>7.2f} {cpu:>5.1f}% {max(cold) * 1000:>9.0f}")  # fmt: skip
         sys.stdout.flush()
 
 

@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from extender.cache import UNKNOWN, ClusterView
 from extender.forward import Forwarder
 from extender.kube import ApiException, KubeApi
@@ -84,6 +86,17 @@ class BindOutcome:
     @property
     def ok(self) -> bool:
         return not self.error
+
+
+def _status_message(err: ApiException) -> str:
+    """The `message` of the Status the API server answered with (bounded), or "" if there is none."""
+    body = getattr(err, "body", None)
+    try:
+        doc = orjson.loads(body[:65536]) if isinstance(body, (bytes, str)) else None
+    except orjson.JSONDecodeError:
+        return ""
+    message = doc.get("message") if isinstance(doc, dict) else None
+    return message[:2000] if isinstance(message, str) else ""
 
 
 def _api_error(action: str, err: Exception) -> str:
@@ -149,6 +162,9 @@ class Binder:
     async def close(self) -> None:
         for task in self._resolving:
             task.cancel()
+        for client in (self._probe, self._forwarder):
+            if client is not None:
+                await client.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _bind(self, args: BindingArgs, deadline: float, forwarded: bool) -> BindOutcome:
@@ -344,6 +360,9 @@ class Binder:
         self._view.hold(pod, node)
         try:
             await self._run(self._api.bind, args.pod_namespace, args.pod_name, pod.uid, node, timeout=budget)
+        except asyncio.CancelledError:  # only at shutdown (the handler's timeout cannot reach this task)
+            self._view.unresolved(key)
+            raise
         except ApiException as err:
             return self._refused_by_api(pod, args, err)
         except Exception as err:  # a timeout or a broken connection: the binding may or may not exist
@@ -357,14 +376,12 @@ class Binder:
         message = _api_error(f"binding pod {key} to {node}", err)
         if err.status is not None and (err.status >= 500 or err.status == 408):
             return self._unknown(pod, node, message)  # e.g. 504: the server's deadline passed mid-write
-        body = str(getattr(err, "body", "") or "")
-        assigned = _ALREADY_ASSIGNED.search(body)
+        assigned = _ALREADY_ASSIGNED.search(_status_message(err))
         if err.status == 409 and assigned:
             where = assigned.group(1)
-            if where == node:
-                self._view.confirm(key)  # an earlier attempt of ours landed: it counts here
-            else:
-                self._view.release(key)
+            if where != node:  # bound elsewhere (an earlier attempt that timed out, say): count it there
+                self._view.hold(pod, where)
+            self._view.confirm(key)  # until the watch shows it
             return BindOutcome("already_bound", f"pod {key} is already bound to node {where}")
         self._view.release(key)
         if err.status == 404:

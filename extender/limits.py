@@ -26,23 +26,27 @@ _PER_ARRAY = 64  # `[`: an empty list
 _PER_QUOTE = 25  # `"`: half a string's header (a one-character string is 50 bytes; its text is counted apart)
 _PER_COMMA = 32  # `,`: one more element: a list slot and a float or a large int
 _PER_COLON = 48  # `:`: one more member: its share of a dict's table, which doubles as it grows
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'{[",:')
 
 
 def decoded_estimate(body: bytes | bytearray) -> int:
-    """An upper bound on the memory `body` and what orjson decodes from it take together: a handful of C-level
-    scans of the body (bytes.count), a few microseconds for a NodeNames body.
+    """An upper bound on the memory `body` and what orjson decodes from it take together, from a few C-level
+    scans of the body: about 0.1 ms for a NodeNames body, 4 ms for a 3 MB Nodes-mode one.
 
     The text of the decoded strings is at most one byte per body byte when the body is ASCII without `\\u`
     escapes; otherwise one non-Latin character makes a whole string four bytes per character."""
     wide = not body.isascii() or b"\\u" in body
+    # One pass keeps only the five structural bytes (about a fifth of a Kubernetes object); counting them there
+    # is cheaper than five passes over the whole body (4 ms instead of 7 for a 3 MB Nodes-mode body).
+    marks = body.translate(None, _NOT_STRUCTURAL)
     return (
         _BASE
         + len(body) * (5 if wide else 2)  # the body itself, and the text of every string decoded from it
-        + _PER_OBJECT * body.count(b"{")
-        + _PER_ARRAY * body.count(b"[")
-        + _PER_QUOTE * body.count(b'"')
-        + _PER_COMMA * body.count(b",")
-        + _PER_COLON * body.count(b":")
+        + _PER_OBJECT * marks.count(b"{")
+        + _PER_ARRAY * marks.count(b"[")
+        + _PER_QUOTE * marks.count(b'"')
+        + _PER_COMMA * marks.count(b",")
+        + _PER_COLON * marks.count(b":")
     )
 
 
