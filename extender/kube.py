@@ -8,6 +8,7 @@ skipping model deserialisation keeps a 5,000-node list cheap.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -232,18 +233,11 @@ class Reflector(threading.Thread):
     def relist(self) -> None:
         """List again now (a consistent read), then watch from there. Thread-safe; returns at once."""
         self._relisting.set()
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.close()
+        _interrupt(self._response)
 
     def stop(self) -> None:
         self._stopping.set()
-        response = self._response
-        if response is not None:
-            # Closing a socket another thread reads may raise; we are stopping anyway.
-            with contextlib.suppress(Exception):
-                response.close()
+        _interrupt(self._response)
 
     def run(self) -> None:
         backoff = 0.5
@@ -299,6 +293,22 @@ class Reflector(threading.Thread):
             self._response.close()
             self._response = None
         return version
+
+
+def _interrupt(response: Any) -> None:
+    """End the reflector thread's blocking read of `response` now, from any thread, without blocking.
+
+    Not `response.close()`: that takes the buffered reader's lock, which the reading thread holds until the
+    next watch event or the end of the watch (minutes), and would block the caller (the event loop) as long.
+    Shutting the socket down is one system call: the blocked read returns at once, and the reflector thread
+    closes the response itself."""
+    if response is None:
+        return
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _event_parts(event: Any) -> tuple[str, dict[str, Any]]:

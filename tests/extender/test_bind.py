@@ -40,7 +40,7 @@ def api(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Path]]:
 def replica(kubeconfig: Path, *extra: str) -> Iterator[tuple[Running, Http]]:
     """One extender replica, ready (caches listed). The short lease duration comes from its env var (an extender
     without the flag ignores it, so the same test runs against older code)."""
-    with extender("--kubeconfig", str(kubeconfig), "--port", "0", "--watch-timeout", "1", *extra,
+    with extender("--kubeconfig", str(kubeconfig), "--port", "0", *extra,
                   env={"LEASE_DURATION": "3"}) as running:  # fmt: skip
         http = Http(f"http://127.0.0.1:{running.event('extender.listening')['port']}")
         eventually(lambda: http.get("/readyz")[0] == 200, "ready")

@@ -295,3 +295,32 @@ def test_one_poisoned_object_never_stops_the_list_or_the_watch(
     assert events.count("cache.listed") == 2 and "cache.watch_failed" not in events, events
     # And the poison is logged, not once per object and event.
     assert 1 <= events.count("cache.object_rejected") <= 4, events
+
+
+def test_relist_interrupts_an_idle_watch_at_once_and_never_blocks_the_caller(api: tuple[FakeApiServer, Path]) -> None:
+    """A new binder re-reads the pods through its reflector: asking must not wait for the open watch (300 s by
+    default) to end, nor block the event loop that asks."""
+    fake, kubeconfig = api
+    fake.put("nodes", node_doc("a", node_state("inf1.6xlarge")))
+    view = ClusterView()
+    loop = asyncio.new_event_loop()
+    reflector = Reflector(
+        KubeApi(str(kubeconfig)), "pods", lambda e: loop.call_soon_threadsafe(view.apply, e.kind, e.type, e.objects),
+        watch_timeout=300,
+    )  # fmt: skip
+    reflector.start()
+    try:
+        eventually(lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.lists_applied("pods"))[1] == 1, "list")
+        time.sleep(0.5)  # the watch is open and idle now
+        started = time.monotonic()
+        reflector.relist()
+        assert time.monotonic() - started < 0.5, "relist() blocked its caller"
+        eventually(lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.lists_applied("pods"))[1] == 2,
+                   "the second list", limit=3)  # fmt: skip
+        started = time.monotonic()
+        reflector.stop()
+        reflector.join(5)
+        assert not reflector.is_alive() and time.monotonic() - started < 1
+    finally:
+        reflector.stop()
+        loop.close()
