@@ -1,6 +1,7 @@
 """Extender latency: filter + prioritize over real HTTP at 1,000 and 5,000 nodes, in both node-cache modes.
 
-    python bench/extender_latency.py [--nodes 1000 5000] [--requests 300] [--churn-ms 20]
+    python bench/extender_latency.py [--nodes 1000 5000] [--requests 300] [--churn-ms 20] [--heartbeat-seconds 60]
+                                     [--baseline-tree DIR]
 
 The extender runs in its own process (the app `neuron-scheduler-extender` serves, with its cache fed the way
 its watches feed it), and so does the baseline: a do-nothing aiohttp handler that reads the same body and
@@ -8,8 +9,14 @@ answers `{}`. The client, in this process, sends each pod's filter then prioriti
 keep-alive connection, as kube-scheduler does, to the extender and then to the baseline, so both see the same
 moment of the machine. Node states are random (inf1/inf2/trn1 mix, about half used); pods ask for 1-16 devices
 or cores. One node's state changes every `--churn-ms` (a bind elsewhere), so the memo is invalidated as in a
-busy cluster. Each node count runs with every name in each request, and with the window of names
-kube-scheduler sends with its default percentageOfNodesToScore (`scheduler_sample`).
+busy cluster, and every node's plugin rewrites its `observed-at` once per `--heartbeat-seconds` (spread evenly:
+at 5,000 nodes and 60 s, one node every 12 ms), as the plugins' heartbeats do. Each node count runs with every
+name in each request, and with the window of names kube-scheduler sends with its default
+percentageOfNodesToScore (`scheduler_sample`).
+
+`--baseline-tree DIR` also serves the extender from another source tree (for example an older commit,
+`git archive <commit> extender neuronalloc neuroncli neuronlog | tar -x -C DIR`), fed the same nodes and the same
+churn, and sends it every pod in the same loop: one more row per run, measured at the same moments.
 
 Printed: p50 / p99 of one filter + prioritize pair in steady state (pod shapes seen before), the ratio to the
 do-nothing handler given the same bytes, the extender's own mean time per pair (its latency histogram), and
@@ -24,6 +31,7 @@ import asyncio
 import gc
 import itertools
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -35,6 +43,7 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+OBSERVED_AT = "neuron-contig.io/observed-at"
 MIX = ("inf1.6xlarge", "inf1.24xlarge", "inf2.48xlarge", "trn1.32xlarge")
 NEURON, NEURONCORE = "aws.amazon.com/neuron", "aws.amazon.com/neuroncore"
 
@@ -71,9 +80,12 @@ def random_pod(index: int, rng: random.Random, shape: tuple[str, int] | None = N
     }
 
 
-def serve_extender(port: Any, nodes: int, seed: int, churn_ms: float) -> None:
+def serve_extender(port: Any, nodes: int, seed: int, churn_ms: float, heartbeat_s: float, tree: str) -> None:
     """The extender app, its cache filled as its reflectors fill it, plus a task that changes one node now and
-    then (a stand-in for binds elsewhere in the cluster)."""
+    then (a stand-in for binds elsewhere in the cluster) and one that rewrites each node's observed-at once per
+    `heartbeat_s` (the plugins' heartbeats). `tree`: serve the extender from that source tree instead."""
+    if tree:
+        sys.path.insert(0, tree)
     from aiohttp import web
 
     from extender.cache import ClusterView
@@ -83,7 +95,8 @@ def serve_extender(port: Any, nodes: int, seed: int, churn_ms: float) -> None:
 
     rng = random.Random(seed)
     view = ClusterView()
-    view.apply("nodes", "SYNC", tuple(random_node(f"node-{i}", rng) for i in range(nodes)))
+    current = {f"node-{i}": random_node(f"node-{i}", rng) for i in range(nodes)}
+    view.apply("nodes", "SYNC", tuple(current.values()))
     view.apply("pods", "SYNC", ())
     tune_gc()  # as `neuron-scheduler-extender` does at start
 
@@ -92,14 +105,27 @@ def serve_extender(port: Any, nodes: int, seed: int, churn_ms: float) -> None:
     changes = [orjson.dumps(random_node(f"node-{rng.randrange(nodes)}", rng)) for _ in range(2000)]
 
     async def churn(_: web.Application) -> Any:
-        async def loop() -> None:
+        async def change_states() -> None:
             for change in itertools.cycle(changes):
                 await asyncio.sleep(churn_ms / 1000)
-                view.apply("nodes", "MODIFIED", (orjson.loads(change),))
+                doc = orjson.loads(change)
+                current[doc["metadata"]["name"]] = doc
+                view.apply("nodes", "MODIFIED", (doc,))
 
-        task = asyncio.create_task(loop()) if churn_ms > 0 else None
+        async def heartbeats() -> None:
+            for beat, name in enumerate(itertools.cycle(list(current))):
+                await asyncio.sleep(heartbeat_s / nodes)
+                doc = orjson.loads(orjson.dumps(current[name]))  # decoded from JSON, as a watch event is
+                doc["metadata"]["annotations"][OBSERVED_AT] = time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_795_000_000 + beat)
+                )
+                current[name] = doc
+                view.apply("nodes", "MODIFIED", (doc,))
+
+        tasks = [asyncio.create_task(change_states())] if churn_ms > 0 else []
+        tasks += [asyncio.create_task(heartbeats())] if heartbeat_s > 0 else []
         yield
-        if task:
+        for task in tasks:
             task.cancel()
 
     async def backlog(_: web.Request) -> web.Response:
@@ -231,30 +257,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="measured pairs per NodeNames run")
     parser.add_argument("--nodes-mode-requests", type=int, default=40, help="measured pairs per Nodes run")
     parser.add_argument("--churn-ms", type=float, default=20.0)
+    parser.add_argument("--heartbeat-seconds", type=float, default=60.0, help="0 = no observed-at heartbeats")
+    parser.add_argument("--baseline-tree", default="", help="also serve the extender from this source tree")
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
     pool = urllib3.PoolManager(maxsize=1)
-    print(f"{'nodes':>6} {'mode':<10} {'names':>6} {'body':>8} {'p50 ms':>7} {'p99 ms':>7} {'noop p50':>9} "
-          f"{'noop p99':>9} {'x p50':>6} {'x p99':>6} {'server':>7} {'cold max':>9}")  # fmt: skip
+    print(f"{'nodes':>6} {'mode':<10} {'names':>6} {'body':>8} {'server':<6} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'noop p50':>9} {'noop p99':>9} {'x p50':>6} {'x p99':>6} {'own ms':>7} {'cpu':>6} "
+          f"{'cold max':>9}")  # fmt: skip
     noop, noop_port = start(serve_nothing)
+    trees = {"ours": "", **({"base": args.baseline_tree} if args.baseline_tree else {})}
     try:
         for count in args.nodes:
-            extender, ext_port = start(serve_extender, count, args.seed, args.churn_ms)
+            servers = {
+                name: start(serve_extender, count, args.seed, args.churn_ms, args.heartbeat_seconds, tree)
+                for name, tree in trees.items()
+            }
             try:
-                run_node_count(pool, args, count, f"http://127.0.0.1:{ext_port}", f"http://127.0.0.1:{noop_port}")
+                bases = {name: (f"http://127.0.0.1:{port}", proc.pid) for name, (proc, port) in servers.items()}
+                run_node_count(pool, args, count, bases, f"http://127.0.0.1:{noop_port}")
             finally:
-                extender.terminate()
-                extender.join(10)
+                for proc, _ in servers.values():
+                    proc.terminate()
+                    proc.join(10)
     finally:
         noop.terminate()
         noop.join(10)
     print("names: per request; below the node count, the window kube-scheduler sends with its default")
-    print("  percentageOfNodesToScore. server: the extender's own mean time per pair, from its histogram.")
+    print("  percentageOfNodesToScore. server: ours, or base (--baseline-tree). own ms: that extender's own mean")
+    print("  time per pair, from its histogram. x: ratio to the do-nothing handler given the same bytes. cpu: that")
+    print("  extender's CPU time over the measured loop per wall second (requests, churn, heartbeats, its warmer).")
     print("goal: p99 < 10 ms for filter + prioritize at 5,000 nodes in NodeNames mode")
     return 0
 
 
-def run_node_count(pool: urllib3.PoolManager, args: argparse.Namespace, count: int, ext: str, noop: str) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_node_count(
+    pool: urllib3.PoolManager, args: argparse.Namespace, count: int, servers: dict[str, tuple[str, int]], noop: str
+) -> None:
+    extenders = {name: base for name, (base, _) in servers.items()}
     rng = random.Random(args.seed)
     names = [f"node-{i}" for i in range(count)]
     node_docs = [random_node(name, random.Random(args.seed + i)) for i, name in enumerate(names)]
@@ -277,16 +324,22 @@ def run_node_count(pool: urllib3.PoolManager, args: argparse.Namespace, count: i
         # First pod of each shape: the extender judges every node (cold), then its warmer keeps those verdicts
         # current in the background. Steady state is what the scheduler sees.
         first = [body(random_pod(i, rng, shape)) for i, shape in enumerate(SHAPES)]
-        (cold,) = measure(pool, [ext], first)
-        wait_warm(pool, ext)
+        colds = measure(pool, list(extenders.values()), first)
+        for base in extenders.values():
+            wait_warm(pool, base)
         bodies = [body(random_pod(i, rng)) for i in range(n + 10)]
-        before = server_seconds(pool, ext)
-        ours, base = measure(pool, [ext, noop], bodies, 10)
-        server_ms = (server_seconds(pool, ext) - before) / len(bodies) * 1000
-        print(f"{count:>6} {mode:<10} {width:>6} {len(bodies[0]) / 1024:>6.0f}KB {pct(ours, .5):>7.2f} "
-              f"{pct(ours, .99):>7.2f} {pct(base, .5):>9.2f} {pct(base, .99):>9.2f} "
-              f"{pct(ours, .5) / pct(base, .5):>6.1f} {pct(ours, .99) / pct(base, .99):>6.1f} {server_ms:>7.2f} "
-              f"{max(cold) * 1000:>9.0f}")  # fmt: skip
+        before = {name: server_seconds(pool, base) for name, base in extenders.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, (_, pid) in servers.items()}
+        wall = time.monotonic()
+        *ours, floor = measure(pool, [*extenders.values(), noop], bodies, 10)
+        wall = time.monotonic() - wall
+        for (name, base), samples, cold in zip(extenders.items(), ours, colds, strict=True):
+            own_ms = (server_seconds(pool, base) - before[name]) / len(bodies) * 1000
+            cpu = (cpu_seconds(servers[name][1]) - cpu_before[name]) / wall * 100
+            print(f"{count:>6} {mode:<10} {width:>6} {len(bodies[0]) / 1024:>6.0f}KB {name:<6} "
+                  f"{pct(samples, .5):>7.2f} {pct(samples, .99):>7.2f} {pct(floor, .5):>9.2f} {pct(floor, .99):>9.2f} "
+                  f"{pct(samples, .5) / pct(floor, .5):>6.1f} {pct(samples, .99) / pct(floor, .99):>6.1f} "
+                  f"{own_ms:>7.2f} {cpu:>5.1f}% {max(cold) * 1000:>9.0f}")  # fmt: skip
         sys.stdout.flush()
 
 

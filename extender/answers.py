@@ -38,6 +38,7 @@ class FilterAnswer:
     failed_members: bytes
     unresolvable_members: bytes
     example: str = ""  # one failing node's specifics ("node: free IDs and rule"), for the log when none passed
+    not_serving: int = 0  # how many of `failed` have a plugin that says it cannot serve now
 
     @classmethod
     def of(cls, names: Iterable[str], verdicts: Iterable[Verdict]) -> FilterAnswer:
@@ -47,6 +48,7 @@ class FilterAnswer:
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
         unknown: set[str] = set()  # a set: a node named twice is one node rejected
+        stopped: set[str] = set()
         shown: dict[bool, tuple[str, Verdict]] = {}  # the first unresolvable (True) and failed (False) node
         for name, verdict in zip(names, verdicts, strict=True):
             if verdict.fits:
@@ -60,10 +62,13 @@ class FilterAnswer:
                 failed[name] = verdict.reason
                 if verdict.kind == "unknown":
                     unknown.add(name)
+                elif verdict.kind == "not_serving":
+                    stopped.add(name)
         first = shown.get(True) or shown.get(False)
         example = _example(*first) if first else ""
         failed_members, unresolvable_members = encode_members(failed), encode_members(unresolvable)
-        return cls(passed, len(failed), len(unresolvable), len(unknown), failed_members, unresolvable_members, example)
+        return cls(passed, len(failed), len(unresolvable), len(unknown), failed_members, unresolvable_members, example,
+                   len(stopped))  # fmt: skip
 
 
 def _example(name: str, verdict: Verdict) -> str:
@@ -83,6 +88,7 @@ class FilterMemo:
         self._failed: dict[str, bytes] = {}
         self._unresolvable: dict[str, bytes] = {}
         self._unknown: set[str] = set()
+        self._not_serving: set[str] = set()
 
     def record(self, name: str, verdict: Verdict) -> None:
         self.forget(name)
@@ -95,6 +101,8 @@ class FilterMemo:
             self._failed[name] = _member(name, verdict.reason)
             if verdict.kind == "unknown":
                 self._unknown.add(name)
+            elif verdict.kind == "not_serving":
+                self._not_serving.add(name)
 
     def forget(self, name: str) -> None:
         if self.verdicts.pop(name, None) is not None:
@@ -102,6 +110,7 @@ class FilterMemo:
             self._failed.pop(name, None)
             self._unresolvable.pop(name, None)
             self._unknown.discard(name)
+            self._not_serving.discard(name)
 
     def answer(self, names: Sequence[str]) -> FilterAnswer | None:
         """The answer for `names`, or None if any of them has no recorded verdict yet."""
@@ -123,6 +132,7 @@ class FilterMemo:
             b",".join(map(self._failed.__getitem__, failed_once)),
             b",".join(map(self._unresolvable.__getitem__, unresolvable_once)),
             "" if example is None else _example(example, self.verdicts[example]),
+            len(self._not_serving.intersection(failed_once)) if self._not_serving else 0,
         )
 
 

@@ -1,9 +1,12 @@
 """The extender's view of the cluster: nodes and bound pods as the API server's watches report them.
 
 Nothing here is the source of truth. Every entry is rebuilt from a list + watch of the API server, so any
-replica, and any restart, converges to the same view. The one thing held only in memory is a binding this
-replica made that its pod watch has not shown yet; it is dropped the moment the watch shows the pod (or after
-`binding_ttl`), and it only ever makes the view more conservative.
+replica, and any restart, converges to the same view. The one thing held only in memory is a claim for a
+binding this replica is making or made that its pod watch has not shown yet (`hold`: the Binding POST is in
+flight; `confirm`: it succeeded; `unresolved`: its outcome is unknown, a timeout). A claim counts against its
+node exactly like a bound pod; it is dropped the moment the watch shows the pod, when the bind is known to have
+failed (`release`), or after `binding_ttl` (never while in flight), and it only ever makes the view more
+conservative.
 
 Speed: a verdict depends only on (node state, pods bound to it, request shape), so verdicts are memoised per
 request shape, per node (`extender.answers`), and a node's entries are dropped the moment its state or its
@@ -17,16 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, ShapeMemos
-from extender.fit import PendingPod, Verdict, judge_node, unknown
+from extender.fit import PendingPod, Verdict, judge_node, not_serving, unknown
+from extender.ratelog import Throttle
 from extender.requests import PodRequest, Shape
-from extender.wire import NodeInfo, PodInfo, WireError, parse_node, parse_pod
+from extender.wire import NodeInfo, PodInfo, WireError, object_key, parse_node, parse_pod
 from neuronalloc import ANNOTATION_PREFIX, NodeState, NodeStateError, decode_node_state
+from neuronalloc.nodestate import OBSERVED_AT
 from neuronlog import get_logger
 
 __all__ = ["ClusterView", "active_pending_pod", "state_key"]
@@ -40,9 +47,62 @@ _RECENT_SHAPES = 16  # request shapes kept warm; a cluster runs a handful of pod
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
+_throttle = Throttle()
+
+
+def _rejected(kind: str, err: Exception) -> None:
+    """One malformed object: logged (at most one line per kind per interval), skipped, never fatal."""
+    suppressed = _throttle.admit(("rejected", kind))
+    if suppressed is not None:
+        log.warning(
+            "cache.object_rejected", kind=kind, error=str(err), suppressed=suppressed,
+            rule="a malformed object is skipped; the list or watch goes on",
+        )  # fmt: skip
+
+
+def _isolated(kind: str, upsert: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    """`upsert`, but an object that breaks it in a way its decoder did not foresee is skipped too: one object
+    must never stop a list or a watch (the decoders raise only WireError; this is the second line)."""
+
+    def guarded(doc: Any) -> str | None:
+        try:
+            return upsert(doc)
+        except Exception as err:
+            suppressed = _throttle.admit(("failed", kind))
+            if suppressed is not None:
+                log.exception("cache.object_failed", kind=kind, error=repr(err)[:300], suppressed=suppressed)
+            return None
+
+    return guarded
+
+
+_VALID_TIME = "<valid>"  # stands for any well-formed observed-at in a state key; no timestamp reads like it
+
+
 def state_key(annotations: Mapping[str, str]) -> StateKey:
-    """The part of a node's annotations the verdict depends on, as a hashable key."""
-    return tuple(sorted((k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)))
+    """The part of a node's annotations the verdict depends on, as a hashable key.
+
+    Not the value of `observed-at`: no verdict reads it, and the plugin rewrites it on every heartbeat (60 s)
+    with nothing else changed; in the key, it would drop every node's memoised verdicts once a minute. Whether
+    it is well formed stays in the key, so a state and a garbled copy of it never share a decoded entry."""
+    items = [(k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX) and k != OBSERVED_AT]
+    observed = annotations.get(OBSERVED_AT)
+    if observed is not None:
+        items.append((OBSERVED_AT, _VALID_TIME if _well_formed_time(observed) else observed))
+    return tuple(sorted(items))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _well_formed_time(text: str) -> bool:
+    """What `decode_node_state` accepts for `observed-at` (RFC 3339 UTC, seconds, "Z"). Memoised: Nodes mode
+    asks once per node per request, and a node's value repeats until its next heartbeat."""
+    if len(text) != len("2026-01-01T00:00:00Z"):
+        return False
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
 
 
 def active_pending_pod(pod: PodInfo) -> PendingPod | None:
@@ -59,11 +119,15 @@ class _Node:
     problem: str  # why `state` is None
 
 
-@dataclass(frozen=True, slots=True)
-class _Remembered:
+IN_FLIGHT, BOUND, UNKNOWN = "in_flight", "bound", "unknown"
+
+
+@dataclass(slots=True)
+class _Claim:
     node: str
     pod: PendingPod
-    at: float
+    state: str  # IN_FLIGHT | BOUND | UNKNOWN
+    at: float  # when it entered that state
 
 
 class ClusterView:
@@ -74,7 +138,12 @@ class ClusterView:
         self._pod_node: dict[str, str] = {}  # pod key -> node name
         self._pods_on: dict[str, dict[str, PendingPod]] = {}  # node name -> pod key -> claim
         self._pods_version: dict[str, int] = {}  # node name -> bumps when its pod set changes
-        self._remembered: dict[str, _Remembered] = {}  # pod key -> a binding the watch has not shown yet
+        self._claims: dict[str, _Claim] = {}  # pod key -> a binding of this replica the watch has not shown yet
+        self._claims_on: dict[str, dict[str, _Claim]] = {}  # node -> pod key -> claim
+        # Claims that can expire (not in flight), oldest first: expiry pops from the front.
+        self._expiring: dict[str, float] = {}
+        self._lists: dict[str, int] = {}  # kind -> full lists applied so far
+        self._listed = asyncio.Event()
         self._decoded: dict[StateKey, NodeState | str] = {}
         self._request_memo: dict[tuple[StateKey, int, Shape, bool], Verdict] = {}
         self._synced: set[str] = set()
@@ -100,13 +169,13 @@ class ClusterView:
         try:
             node = parse_node(doc)
         except WireError as err:
-            log.warning("cache.node_rejected", rule="node object shape", error=str(err))
+            _rejected("nodes", err)
             return None
         key = state_key(node.annotations)
         entry = self._nodes.get(node.name)
         if entry is not None and entry.key == key:
             return node.name
-        state, problem = self._decode(key)
+        state, problem = self._decode(key, node.annotations)
         self._nodes[node.name] = _Node(key, state, problem)
         self._changed(node.name)
         return node.name
@@ -128,7 +197,7 @@ class ClusterView:
         delete: Callable[[str], None],
     ) -> None:
         """A full list: upsert every object, then delete what `held` still has that the list did not name."""
-        seen = {key for key in map(upsert, docs) if key is not None}
+        seen = {key for key in map(_isolated(kind, upsert), docs) if key is not None}
         for key in set(held) - seen:
             delete(key)
         self.mark_synced(kind)
@@ -138,12 +207,10 @@ class ClusterView:
         try:
             pod = parse_pod(doc)
         except WireError as err:
-            log.warning("cache.pod_rejected", rule="pod object shape", error=str(err))
+            _rejected("pods", err)
             return None
-        remembered = self._remembered.get(pod.key)
-        if remembered is not None and pod.node_name:
-            del self._remembered[pod.key]
-            self._bump_pods(remembered.node)
+        if pod.node_name and pod.key in self._claims:
+            self._drop_claim(pod.key)  # the watch carries it from here (on whichever node it shows)
         claim = active_pending_pod(pod)
         if claim is None:
             self.delete_pod(pod.key)
@@ -160,25 +227,81 @@ class ClusterView:
 
     def delete_pod(self, key: str) -> None:
         self.touch()
-        remembered = self._remembered.pop(key, None)
-        if remembered is not None:
-            self._bump_pods(remembered.node)
+        if key in self._claims and self._claims[key].state != IN_FLIGHT:
+            self._drop_claim(key)
         node = self._pod_node.pop(key, None)
         if node is not None:
             self._unlink(key, node)
 
+    # ---- this replica's bindings (see the module docstring) --------------------------------------------
+
+    def hold(self, pod: PodInfo, node: str) -> None:
+        """A Binding POST for `pod` to `node` is about to be sent: count it against the node from now on."""
+        self._set_claim(pod.key, _Claim(node, PendingPod(pod.key, pod.created, pod.request), IN_FLIGHT, 0.0))
+
+    def confirm(self, key: str) -> None:
+        """The Binding POST succeeded: keep counting it until the watch shows the pod (or `binding_ttl`)."""
+        self._settle(key, BOUND)
+
+    def unresolved(self, key: str) -> None:
+        """The POST's outcome is unknown (it timed out, the connection broke): the binding may exist, so it keeps
+        counting until the watch shows the pod, `release` says it does not exist, or `binding_ttl`."""
+        self._settle(key, UNKNOWN)
+
+    def release(self, key: str) -> None:
+        """The binding does not exist (the API server refused it): stop counting it."""
+        if key in self._claims:
+            self._drop_claim(key)
+
     def remember_binding(self, pod: PodInfo, node: str) -> None:
-        """A binding this replica just made: count it against the node until the pod watch shows it."""
-        claim = PendingPod(pod.key, pod.created, pod.request)
+        """A binding this replica made (`hold` then `confirm`), unless the watch already shows it there."""
         if pod.request.empty or self._pod_node.get(pod.key) == node:
             return
-        self._remembered[pod.key] = _Remembered(node, claim, self._clock())
-        self._bump_pods(node)
+        self.hold(pod, node)
+        self.confirm(pod.key)
+
+    def claim_of(self, key: str) -> tuple[str, str] | None:
+        """(node, state) of this replica's claim for the pod, if it has one."""
+        claim = self._claims.get(key)
+        return None if claim is None else (claim.node, claim.state)
+
+    def bound_node(self, key: str) -> str:
+        """The node the pod is bound to as far as this replica knows (watch, or a binding it made or is making
+        now), else ""."""
+        node = self._pod_node.get(key)
+        if node:
+            return node
+        claim = self._claims.get(key)
+        return claim.node if claim is not None and claim.state != UNKNOWN else ""
 
     def remembered_on(self, node: str) -> tuple[PendingPod, ...]:
-        """This replica's bindings to `node` the watch has not shown yet. Pure read: expiry happens before
+        """This replica's claims on `node` the watch has not shown yet. Pure read: expiry happens before
         judging starts (`expire_remembered`), so the memo never changes in the middle of a request."""
-        return tuple(r.pod for r in self._remembered.values() if r.node == node)
+        return tuple(c.pod for c in self._claims_on.get(node, {}).values())
+
+    def _set_claim(self, key: str, claim: _Claim) -> None:
+        if key in self._claims:
+            self._drop_claim(key)
+        self._claims[key] = claim
+        self._claims_on.setdefault(claim.node, {})[key] = claim
+        self._bump_pods(claim.node)
+
+    def _settle(self, key: str, state: str) -> None:
+        claim = self._claims.get(key)
+        if claim is None:  # the watch showed the pod first: it already counts there
+            return
+        claim.state, claim.at = state, self._clock()
+        self._expiring.pop(key, None)
+        self._expiring[key] = claim.at  # to the back: the order stays oldest first
+
+    def _drop_claim(self, key: str) -> None:
+        claim = self._claims.pop(key)
+        self._expiring.pop(key, None)
+        on_node = self._claims_on[claim.node]
+        del on_node[key]
+        if not on_node:
+            del self._claims_on[claim.node]
+        self._bump_pods(claim.node)
 
     def apply(self, kind: str, event_type: str, objects: tuple[Any, ...]) -> None:
         """One reflector event: SYNC (a full list), ADDED / MODIFIED / DELETED, or CONTACT."""
@@ -187,16 +310,17 @@ class ClusterView:
         elif event_type == "SYNC":
             (self.replace_nodes if kind == "nodes" else self.replace_pods)(objects)
         elif event_type in ("ADDED", "MODIFIED"):
+            upsert = _isolated(kind, self.upsert_node if kind == "nodes" else self.upsert_pod)
             for doc in objects:
-                (self.upsert_node if kind == "nodes" else self.upsert_pod)(doc)
+                upsert(doc)
         elif event_type == "DELETED":
             for doc in objects:
-                meta = (doc.get("metadata") or {}) if isinstance(doc, dict) else {}
-                name = str(meta.get("name", ""))
-                if kind == "nodes":
-                    self.delete_node(name)
-                else:
-                    self.delete_pod(f"{meta.get('namespace') or 'default'}/{name}")
+                try:
+                    key = object_key(kind, doc)
+                except WireError as err:
+                    _rejected(kind, err)
+                    continue
+                (self.delete_node if kind == "nodes" else self.delete_pod)(key)
 
     def touch(self) -> None:
         """The API server was heard from (an event, a list, a bookmark, a fresh watch)."""
@@ -204,7 +328,19 @@ class ClusterView:
 
     def mark_synced(self, kind: str) -> None:
         self._synced.add(kind)
+        self._lists[kind] = self._lists.get(kind, 0) + 1
+        self._listed.set()
         self.touch()
+
+    def lists_applied(self, kind: str) -> int:
+        """How many full lists of `kind` the view has applied (a relist raises it)."""
+        return self._lists.get(kind, 0)
+
+    async def wait_for_list(self, kind: str, after: int) -> None:
+        """Until more than `after` full lists of `kind` have been applied."""
+        while self.lists_applied(kind) <= after:
+            self._listed.clear()
+            await self._listed.wait()
 
     # ---- what the verbs ask ----------------------------------------------------------------------------
 
@@ -343,7 +479,7 @@ class ClusterView:
         memo_key = (key, self._pods_version.get(node.name, 0), request.shape, scored)
         found = self._request_memo.get(memo_key)
         if found is None:
-            state, problem = self._decode(key)
+            state, problem = self._decode(key, node.annotations)
             found = self._judge(node.name, state, problem, request, scored)
             if len(self._request_memo) >= _MEMO_LIMIT:
                 self._request_memo.clear()
@@ -353,6 +489,21 @@ class ClusterView:
     def pending_on(self, node: str) -> tuple[PendingPod, ...]:
         """Every pod bound to the node as far as this replica knows (watch + its own recent bindings)."""
         return self.with_remembered(node, self._pods_on.get(node, {}))
+
+    def node_state(self, name: str) -> tuple[NodeState | None, str]:
+        """The node's decoded state from the watch, or None and why there is none."""
+        entry = self._nodes.get(name)
+        if entry is None:
+            return None, "node is not in the extender's node cache (not watched yet, or deleted)"
+        return entry.state, entry.problem
+
+    def judge_for_bind(self, name: str, state: NodeState, pod: PodInfo) -> Verdict:
+        """The pod's verdict on the node from the watch-fed view plus this replica's claims, the pod's own claim
+        left out (a retried bind must not count itself). Unmemoised, with the node's specifics in `detail`:
+        its cost is the node's unpublished pods, never the cluster's."""
+        self.expire_remembered()
+        pending = [p for p in self.pending_on(name) if p.key != pod.key]
+        return judge_node(state, pending, pod.request, scored=False)
 
     def with_remembered(self, node: str, known: Mapping[str, PendingPod]) -> tuple[PendingPod, ...]:
         """The `known` claims on the node (pod key -> claim), then this replica's bindings to it that `known`
@@ -364,16 +515,20 @@ class ClusterView:
     def _judge(self, name: str, state: NodeState | None, problem: str, request: PodRequest, scored: bool) -> Verdict:
         if state is None:
             return unknown(problem)
+        if not state.serving:
+            return not_serving(state.not_serving_reason)
         return judge_node(state, self.pending_on(name), request, scored=scored)
 
-    def _decode(self, key: StateKey) -> tuple[NodeState | None, str]:
+    def _decode(self, key: StateKey, annotations: Mapping[str, str]) -> tuple[NodeState | None, str]:
+        """The state `annotations` describe, memoised by `key` (`state_key` of them): two states that differ
+        only in `observed-at` share one decoded state, whose `observed_at` is the first one seen."""
         decoded = self._decoded.get(key)
         if decoded is None:
             if not key:
                 decoded = "no neuron-contig.io/ annotations (is the device plugin running on it?)"
             else:
                 try:
-                    decoded = decode_node_state(dict(key))
+                    decoded = decode_node_state(annotations)
                 except NodeStateError as err:
                     decoded = f"node state annotations: {err}"
             if len(self._decoded) >= _MEMO_LIMIT:
@@ -401,15 +556,16 @@ class ClusterView:
             self._wake.set()
 
     def expire_remembered(self) -> None:
-        if not self._remembered:
+        if not self._expiring:
             return
         deadline = self._clock() - self._binding_ttl
-        for key in [k for k, r in self._remembered.items() if r.at < deadline]:
+        while self._expiring:
+            key, at = next(iter(self._expiring.items()))
+            if at >= deadline:
+                return
+            claim = self._claims[key]
             log.warning(
-                "cache.binding_forgotten",
-                pod=key,
-                node=self._remembered[key].node,
+                "cache.binding_forgotten", pod=key, node=claim.node, state=claim.state,
                 rule="the pod watch did not show this binding within the ttl",
-            )
-            node = self._remembered.pop(key).node
-            self._bump_pods(node)
+            )  # fmt: skip
+            self._drop_claim(key)

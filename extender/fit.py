@@ -12,6 +12,8 @@ Verdicts:
   outside 1/4/8/16, or more than the node has). Preemption cannot help: FailedAndUnresolvableNodes.
 - no_block: the node is only too full or too fragmented now: FailedNodes.
 - unknown: the node's state annotations are missing or garbled: FailedNodes, with the reason.
+- not_serving: the node's plugin says it cannot serve kubelet now (restarting, kubelet restarted, stopping): a
+  pod bound there would fail admission. FailedNodes, with the plugin's reason.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ __all__ = [
     "account_pending",
     "judge",
     "judge_node",
+    "not_serving",
     "unknown",
 ]
 
-VerdictKind = Literal["fit", "no_block", "unresolvable", "unknown"]
+VerdictKind = Literal["fit", "no_block", "unresolvable", "unknown", "not_serving"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,10 @@ FITS = Verdict("fit", 0, "")
 
 def unknown(reason: str) -> Verdict:
     return Verdict("unknown", 0, f"(unknown) {reason}")
+
+
+def not_serving(reason: str) -> Verdict:
+    return Verdict("not_serving", 0, f"(not serving) {reason}")
 
 
 @dataclass(frozen=True, slots=True)

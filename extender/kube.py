@@ -8,6 +8,7 @@ skipping model deserialisation keeps a 5,000-node list cheap.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import orjson
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from extender.ratelog import Throttle
+from neuronalloc.text import quote, shorten
 from neuronlog import get_logger
 
 __all__ = ["ApiException", "KubeApi", "Reflector", "WatchEvent"]
@@ -44,7 +47,13 @@ class KubeApi:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
             config.load_incluster_config(client_configuration=configuration)
-        self._api = client.CoreV1Api(client.ApiClient(configuration))
+        # Binds run in parallel threads (one per node being bound); the default pool of 5 x cores would
+        # discard connections under a burst.
+        configuration.connection_pool_maxsize = 32
+        api_client = client.ApiClient(configuration)
+        self._api = client.CoreV1Api(api_client)
+        self._leases = client.CoordinationV1Api(api_client)
+        self._client = api_client
         # (connect, read): the client ignores a bare float.
         self._timeout = (request_timeout, request_timeout)
         self._seconds = request_timeout
@@ -82,10 +91,16 @@ class KubeApi:
     def get_node(self, name: str) -> Any:
         return self._json(self._api.read_node(name, _preload_content=False, _request_timeout=self._timeout))
 
-    def get_pod(self, namespace: str, name: str) -> Any:
+    def get_pod(self, namespace: str, name: str, *, timeout: float | None = None) -> Any:
         return self._json(
-            self._api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=self._timeout)
+            self._api.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+            )
         )
+
+    def _seconds_pair(self, timeout: float | None) -> tuple[float, float]:
+        seconds = self._seconds if timeout is None else max(0.05, timeout)
+        return (seconds, seconds)
 
     def pods_on_node(self, node: str) -> list[Any]:
         response = self._api.list_pod_for_all_namespaces(
@@ -95,32 +110,98 @@ class KubeApi:
         )
         return list(self._json(response).get("items") or ())
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        """POST pods/{name}/binding, as kube-scheduler's default binder does (with the UID as a precondition)."""
-        body = client.V1Binding(
-            metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid or None),
-            target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-        )
-        # The reply is a Status, which the generated model cannot deserialise: read it raw.
-        response = self._api.create_namespaced_pod_binding(
-            name, namespace, body, _preload_content=False, _request_timeout=self._timeout
+    def bind(self, namespace: str, name: str, uid: str, node: str, *, timeout: float | None = None) -> None:
+        """POST pods/{name}/binding, as kube-scheduler's default binder does (with the UID as a precondition).
+
+        `timeout` bounds the call on both ends: the client gives up after it, and the API server is told it
+        too (the `timeout` query parameter sets the request's deadline there), so a binding the client gave up
+        on is not written later by a server still working on it (bar one already being committed)."""
+        seconds = self._seconds if timeout is None else max(0.05, timeout)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        response = self._client.call_api(
+            "/api/v1/namespaces/{namespace}/pods/{name}/binding",
+            "POST",
+            {"namespace": namespace, "name": name},
+            [("timeout", f"{max(1, int(seconds * 1000))}ms")],
+            {"Accept": "application/json", "Content-Type": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=(seconds, seconds),
         )
         # Read the body before the connection goes back to the pool: an unread reply poisons the next request.
         _ = response.data
         response.release_conn()
 
+    # ---- the binder Lease (coordination.k8s.io/v1) ---------------------------------------------------------
 
-def watch_lines(response: Any) -> Iterator[Any]:
-    """The events of a watch response, one JSON object per line."""
-    pending = b""
+    def get_lease(self, namespace: str, name: str, *, timeout: float) -> Any:
+        """The Lease as JSON, or None if it does not exist."""
+        try:
+            return self._json(
+                self._leases.read_namespaced_lease(
+                    name, namespace, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+                )
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def create_lease(self, namespace: str, lease: Any, *, timeout: float) -> Any:
+        return self._json(
+            self._leases.create_namespaced_lease(
+                namespace, lease, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+            )
+        )
+
+    def replace_lease(self, namespace: str, name: str, lease: Any, *, timeout: float) -> Any:
+        """PUT with lease.metadata.resourceVersion as the precondition: 409 Conflict if it changed."""
+        return self._json(
+            self._leases.replace_namespaced_lease(
+                name, namespace, lease, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
+            )
+        )
+
+
+# One watch event is one object; etcd refuses objects above 1.5 MiB, so a longer line is not an event.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+_UNREADABLE = object()  # a line that is not JSON: skipped, the watch goes on
+
+
+def watch_lines(response: Any, *, limit: int = MAX_EVENT_BYTES) -> Iterator[Any]:
+    """The events of a watch response, one JSON object per line (`_UNREADABLE` for a line that is not JSON).
+    A line longer than `limit` ends the watch with an error: the reflector lists again."""
+    pending = bytearray()
     for chunk in response.stream(amt=None, decode_content=False):
+        start = len(pending)
         pending += chunk
-        *lines, pending = pending.split(b"\n")
+        if b"\n" not in pending[start:]:
+            if len(pending) > limit:
+                raise RuntimeError(f"watch line above {limit} bytes")
+            continue
+        *lines, rest = pending.split(b"\n")
+        pending = bytearray(rest)
         for line in lines:
             if line.strip():
-                yield orjson.loads(line)
+                yield _loads(line, limit)
     if pending.strip():
-        yield orjson.loads(pending)
+        yield _loads(pending, limit)
+
+
+def _loads(line: bytes | bytearray, limit: int) -> Any:
+    if len(line) > limit:
+        raise RuntimeError(f"watch line above {limit} bytes")
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _UNREADABLE
 
 
 class Reflector(threading.Thread):
@@ -141,35 +222,41 @@ class Reflector(threading.Thread):
         super().__init__(name=f"reflector-{kind}", daemon=True)
         self._api = api
         self._kind = kind
+        self.kind = kind
         self._deliver = deliver
         self._watch_timeout = watch_timeout
         self._max_backoff = max_backoff
         self._stopping = threading.Event()
+        self._relisting = threading.Event()
         self._response: Any = None
+
+    def relist(self) -> None:
+        """List again now (a consistent read), then watch from there. Thread-safe; returns at once."""
+        self._relisting.set()
+        _interrupt(self._response)
 
     def stop(self) -> None:
         self._stopping.set()
-        response = self._response
-        if response is not None:
-            # Closing a socket another thread reads may raise; we are stopping anyway.
-            with contextlib.suppress(Exception):
-                response.close()
+        _interrupt(self._response)
 
     def run(self) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
             try:
+                self._relisting.clear()
                 items, version = self._api.list_objects(self._kind)
                 self._deliver(WatchEvent(self._kind, "SYNC", tuple(items)))
                 log.info("cache.listed", kind=self._kind, objects=len(items), resource_version=version)
                 backoff = 0.5
-                while not self._stopping.is_set():
+                while not self._stopping.is_set() and not self._relisting.is_set():
                     version = self._watch_once(version)
             except _Expired:
                 log.info("cache.relist", kind=self._kind, rule="watch resourceVersion expired (410 Gone)")
             except Exception as err:
                 if self._stopping.is_set():
                     return
+                if self._relisting.is_set():
+                    continue  # the watch was closed on purpose, to list again
                 log.warning("cache.watch_failed", kind=self._kind, error=repr(err), retry_in_seconds=backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
@@ -178,13 +265,25 @@ class Reflector(threading.Thread):
         self._response = self._api.open_watch(self._kind, version, self._watch_timeout)
         self._deliver(WatchEvent(self._kind, "CONTACT", ()))
         try:
+            if self._relisting.is_set():  # asked while the watch was opening: `relist` saw no response to close
+                return version
             for event in watch_lines(self._response):
-                kind, obj = event.get("type"), event.get("object") or {}
+                kind, obj = _event_parts(event)
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise _Expired()
-                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    raise RuntimeError(
+                        f"watch error {shorten(str(obj.get('code')))}: {shorten(str(obj.get('message')))}"
+                    )
+                if not obj:
+                    # Not an event we can read: skip it and keep the watch (the cache logs bad objects it is
+                    # handed; this one has no object to hand over).
+                    _skipped(self._kind, event)
+                    continue
+                meta = obj.get("metadata")
+                seen = meta.get("resourceVersion") if isinstance(meta, dict) else None
+                if isinstance(seen, str) and seen:
+                    version = seen
                 if kind == "BOOKMARK":
                     self._deliver(WatchEvent(self._kind, "CONTACT", ()))
                 elif kind in ("ADDED", "MODIFIED", "DELETED"):
@@ -194,6 +293,42 @@ class Reflector(threading.Thread):
             self._response.close()
             self._response = None
         return version
+
+
+def _interrupt(response: Any) -> None:
+    """End the reflector thread's blocking read of `response` now, from any thread, without blocking.
+
+    Not `response.close()`: that takes the buffered reader's lock, which the reading thread holds until the
+    next watch event or the end of the watch (minutes), and would block the caller (the event loop) as long.
+    Shutting the socket down is one system call: the blocked read returns at once, and the reflector thread
+    closes the response itself."""
+    if response is None:
+        return
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _event_parts(event: Any) -> tuple[str, dict[str, Any]]:
+    """(type, object) of one watch event; an empty object when the event is not shaped like one."""
+    if not isinstance(event, dict):
+        return "", {}
+    kind, obj = event.get("type"), event.get("object")
+    return (kind if isinstance(kind, str) else ""), (obj if isinstance(obj, dict) else {})
+
+
+_throttle = Throttle()
+
+
+def _skipped(kind: Kind, event: Any) -> None:
+    suppressed = _throttle.admit(("watch_event", kind))
+    if suppressed is not None:
+        log.warning(
+            "cache.event_skipped", kind=kind, received=quote(event, 200), suppressed=suppressed,
+            rule="a watch event that is not {type, object}: skipped, the watch goes on",
+        )  # fmt: skip
 
 
 class _Expired(Exception):

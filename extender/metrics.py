@@ -13,13 +13,34 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from neuronalloc import Resource
 
-__all__ = ["CONTENT_TYPE_LATEST", "REJECT_REASONS", "RESULTS", "VERBS", "ExtenderMetrics", "RejectReason", "Result"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "HTTP_REJECT_REASONS",
+    "REJECT_REASONS",
+    "RESULTS",
+    "VERBS",
+    "ExtenderMetrics",
+    "RejectReason",
+    "Result",
+]
 
 VERBS = ("filter", "prioritize", "bind")
+# Every outcome of a bind this replica decides (extender.bind.BIND_REASONS, which must match).
+BIND_REASONS = (
+    "ok", "no_block", "unresolvable", "unknown_node", "not_serving", "not_ours", "no_neuron_request",
+    "already_bound", "mismatch", "not_found", "api_error", "outcome_unknown", "deadline", "not_binder",
+    "forward_error",
+)  # fmt: skip
 RESULTS = ("ok", "bad_request", "error")
 Result = str  # one of RESULTS
-RejectReason = str  # no_block | unresolvable | unknown_node
-REJECT_REASONS = ("no_block", "unresolvable", "unknown_node")
+RejectReason = str  # no_block | unresolvable | unknown_node | not_serving
+REJECT_REASONS = ("no_block", "unresolvable", "unknown_node", "not_serving")
+# Refused before any handler ran: the body cap, the in-flight memory budget, the connection cap, header / body
+# timeouts, an oversized head, a failed TLS handshake, a failed accept.
+HTTP_REJECT_REASONS = (
+    "body_too_large", "memory", "connections", "header_timeout", "body_timeout", "head_too_large",
+    "tls_handshake", "accept_error",
+)  # fmt: skip
 # Filter is a dict lookup per node; the fine buckets show where 5,000 nodes land, the coarse ones show bind.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Pods remembered as unschedulable; beyond this the oldest are forgotten (a gauge, not an audit log).
@@ -39,7 +60,7 @@ class ExtenderMetrics:
             ["verb", "result"], namespace=ns, subsystem=sub, registry=self.registry,
         )  # fmt: skip
         self.nodes_rejected = Counter(
-            "nodes_rejected", "Nodes filtered out, by reason (no_block | unresolvable | unknown_node).",
+            "nodes_rejected", "Nodes filtered out, by reason (no_block | unresolvable | unknown_node | not_serving).",
             ["reason"], namespace=ns, subsystem=sub, registry=self.registry,
         )  # fmt: skip
         self.cache_nodes = Gauge(
@@ -54,6 +75,46 @@ class ExtenderMetrics:
             "pods_unschedulable", "Pods whose latest filter passed no node, by the resource they ask for.",
             ["resource"], namespace=ns, subsystem=sub, registry=self.registry,
         )  # fmt: skip
+        self.http_rejected_total = Counter(
+            "http_rejected", "Requests and connections the HTTP layer refused or shed, by reason "
+            f"({' | '.join(HTTP_REJECT_REASONS)}).",
+            ["reason"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.connections = Gauge(
+            "connections", "Open client connections, by port (main | metrics).",
+            ["port"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.inflight_bytes = Gauge(
+            "inflight_bytes", "Estimated memory request bodies in flight hold (raw and decoded), against "
+            "--max-inflight-bytes.", namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.tls_reloads = Counter(
+            "tls_reloads", "Certificate files re-read after a change, by result (ok | error).",
+            ["result"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        for result in ("ok", "error"):
+            self.tls_reloads.labels(result)
+        self.binds = Counter(
+            "binds", "Binds this replica decided, by outcome (" + " | ".join(BIND_REASONS) + ").",
+            ["reason"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.binds_forwarded = Counter(
+            "binds_forwarded", "Binds forwarded to the replica holding the binder lease, by result "
+            "(ok | refused | error: the holder could not be asked).",
+            ["result"], namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        self.binder_active = Gauge(
+            "binder_active", "1 while this replica holds the binder lease (the one active binder), else 0.",
+            namespace=ns, subsystem=sub, registry=self.registry,
+        )  # fmt: skip
+        for reason in BIND_REASONS:
+            self.binds.labels(reason)
+        for result in ("ok", "refused", "error"):
+            self.binds_forwarded.labels(result)
+        for reason in HTTP_REJECT_REASONS:
+            self.http_rejected_total.labels(reason)
+        for port in ("main", "metrics"):
+            self.connections.labels(port)
         for verb in VERBS:
             self.request_duration.labels(verb)
             for result in RESULTS:
@@ -71,6 +132,27 @@ class ExtenderMetrics:
     def rejected(self, reason: RejectReason, count: int = 1) -> None:
         if count:
             self.nodes_rejected.labels(reason).inc(count)
+
+    def http_rejected(self, reason: str) -> None:
+        self.http_rejected_total.labels(reason).inc()
+
+    def bind_outcome(self, reason: str, forwarded: bool, ok: bool) -> None:
+        if forwarded:
+            self.binds_forwarded.labels("ok" if ok else "error" if reason == "forward_error" else "refused").inc()
+        elif reason in BIND_REASONS:
+            self.binds.labels(reason).inc()
+
+    def lease_held(self, holding: bool) -> None:
+        self.binder_active.set(1 if holding else 0)
+
+    def tls_reloaded(self, result: str) -> None:
+        self.tls_reloads.labels(result).inc()
+
+    def watch_connections(self, port: str, count: Callable[[], float]) -> None:
+        self.connections.labels(port).set_function(count)
+
+    def watch_budget(self, held: Callable[[], float]) -> None:
+        self.inflight_bytes.set_function(held)
 
     def watch_cache(self, size: Callable[[], float], staleness: Callable[[], float]) -> None:
         """Read the cache's size and staleness at scrape time."""

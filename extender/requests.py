@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from neuronalloc import Resource
+from neuronalloc.text import quote
 
 __all__ = [
     "MAX_CONTAINER_SIZE",
@@ -86,21 +87,25 @@ class PodRequest:
         return not self.needs
 
 
+_MAX_DIGITS = len(str(MAX_CONTAINER_SIZE))
+
+
 def _quantity(container: str, resource: Resource, raw: str) -> int:
     # Extended resources are whole numbers; the API server stores them canonically ("4"), so anything else
     # ("1.5", "4k", "-2") is a malformed request, not a size.
     if not raw.isascii() or not raw.isdigit():
         raise RequestError(
-            f"container {container!r}: {resource.value} quantity {raw!r} is not a whole number of "
-            f"{'devices' if resource is Resource.NEURON else 'cores'}"
+            f"container {quote(container, 80)}: {resource.value} quantity {quote(raw, 40)} is not a whole number "
+            f"of {'devices' if resource is Resource.NEURON else 'cores'}"
         )
-    size = int(raw)
-    if size > MAX_CONTAINER_SIZE:
+    # Count digits before int(): a 5,000-digit string is garbage, and int() would raise its own ValueError.
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > _MAX_DIGITS or int(digits) > MAX_CONTAINER_SIZE:
         raise RequestError(
-            f"container {container!r}: {resource.value} quantity {size} is above {MAX_CONTAINER_SIZE}, "
-            "which no node can hold"
+            f"container {quote(container, 80)}: {resource.value} quantity {quote(raw, 40)} is above "
+            f"{MAX_CONTAINER_SIZE}, which no node can hold"
         )
-    return size
+    return int(digits)
 
 
 def _container_needs(spec: ContainerSpec, keeps: bool) -> list[Need]:

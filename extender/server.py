@@ -1,9 +1,14 @@
 """The HTTP face of the extender: thin aiohttp handlers over `wire`, `cache` and `bind`.
 
 Hygiene, because kube-scheduler waits on every answer with `ignorable: false`: verbs are POST only, with a JSON
-content type, a body-size cap, a read timeout and a handler timeout below the scheduler's `httpTimeout`. Any
-malformed request gets a 4xx with a JSON `{"Error": ...}` body and the server keeps serving; an unexpected
-failure gets a 500 with a JSON body and a log line, never a dropped connection.
+content type. The body is read here, before any handler runs: capped by verb and mode (`limits.BodyCaps`, 413),
+charged to one budget for every body in flight at its estimated decoded size (`limits.Budget`; over it, 503 and
+the client retries: the extender sheds load, it does not run out of memory), and received within
+`read_timeout` (408). The handler timeout starts once the body is in, below the scheduler's `httpTimeout`.
+Any malformed request gets a 4xx with a JSON `{"Error": ...}` body and the server keeps serving; an unexpected
+failure gets a 500 with a JSON body and a log line, never a dropped connection. Rejections are logged at most
+once per kind per interval (with a count of those suppressed) and counted in full in
+`neuron_contig_extender_http_rejected_total`. Connections themselves are bounded by `extender.listener`.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from extender.answers import FilterAnswer
 from extender.bind import Binder
 from extender.cache import ClusterView
+from extender.forward import DEADLINE_HEADER, FORWARDED_HEADER
+from extender.limits import BodyCaps, Budget, Reservation, decoded_estimate
 from extender.metrics import CONTENT_TYPE_LATEST, REJECT_REASONS, VERBS, ExtenderMetrics
+from extender.ratelog import Throttle
 from extender.wire import (
     ExtenderArgs,
     WireError,
@@ -41,16 +50,25 @@ log = get_logger(__name__)
 
 _JSON = "application/json"
 _VERBS = {f"/{verb}": verb for verb in VERBS}
+# A body the parser could not read (a malformed chunk, a connection cut mid-body).
+_UNREADABLE_BODY = (RequestPayloadError, ConnectionError)
 _STANDALONE = (
     "the extender runs with --standalone (no API server): it has no node cache, so it answers only "
     "Nodes-mode requests (nodeCacheCapable: false) and cannot bind"
 )
 
 
+_MiB = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
-    # A 5,000-node Nodes-mode request with full Node objects is tens of MB; NodeNames mode is ~100 KB.
-    max_body_bytes: int = 64 * 1024 * 1024
+    # Nodes mode (full Node objects, --standalone): tens of MB at 5,000 nodes. NodeNames mode: the pod and the
+    # names, ~100 KB at 5,000 nodes, but a pod may be up to 1.5 MiB. See `limits.BodyCaps`.
+    max_body_bytes: int = 64 * _MiB
+    max_names_body_bytes: int = 4 * _MiB
+    # Estimated decoded size of every body in flight together (`limits.decoded_estimate`).
+    max_inflight_bytes: int = 192 * _MiB
     read_timeout: float = 10.0
     # Below the 5 s httpTimeout of deploy/scheduler: the scheduler gets our JSON error, not its own timeout.
     handler_timeout: float = 4.5
@@ -59,10 +77,15 @@ class ServerSettings:
 
 
 class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """A request refused with `status`; `reason` labels the http_rejected metric when the HTTP layer refused it;
+    `close` when its body was not read to the end (the connection cannot carry another request)."""
+
+    def __init__(self, status: int, message: str, *, reason: str = "", close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason
+        self.close = close
 
 
 def _json_response(body: bytes, status: int = 200) -> web.Response:
@@ -92,27 +115,63 @@ def priority_reply(view: ClusterView, args: ExtenderArgs) -> bytes:
 def build_app(
     settings: ServerSettings, view: ClusterView, binder: Binder | None, metrics: ExtenderMetrics
 ) -> web.Application:
-    async def read_json(request: web.Request) -> Any:
+    caps = BodyCaps(settings.max_body_bytes, settings.max_names_body_bytes, settings.standalone)
+    budget = Budget(settings.max_inflight_bytes)
+    metrics.watch_budget(lambda: budget.held)
+    throttle = Throttle()
+
+    async def read_body(request: web.Request, verb: str) -> tuple[bytearray, Reservation]:
+        """The whole body, within the verb's cap, the budget and the read timeout."""
         if request.content_type != _JSON:
-            raise _HttpError(415, f"Content-Type must be {_JSON}, got {request.content_type or 'none'!r}")
+            raise _HttpError(415, f"Content-Type must be {_JSON}, got {request.content_type or 'none'!r}", close=True)
+        cap = caps.for_verb(verb)
         length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
-            raise _HttpError(413, f"body of {length} bytes is above the cap of {settings.max_body_bytes}")
+        if length is not None and length > cap:
+            raise _HttpError(413, f"body of {length} bytes is above the {verb} cap of {cap}",
+                             reason="body_too_large", close=True)  # fmt: skip
+        reservation = budget.reserve(length or 0)
+        if reservation is None:
+            raise _HttpError(503, _busy(length or 0, budget), reason="memory", close=True)
         try:
-            async with asyncio.timeout(settings.read_timeout):
-                body = await request.read()
-        except TimeoutError:
-            raise _HttpError(408, f"body not received within {settings.read_timeout} s") from None
-        except web.HTTPRequestEntityTooLarge:
-            raise _HttpError(413, f"body is above the cap of {settings.max_body_bytes} bytes") from None
+            body = bytearray()
+            try:
+                async with asyncio.timeout(settings.read_timeout):
+                    while chunk := await request.content.readany():
+                        size = len(body) + len(chunk)
+                        if size > cap:
+                            raise _HttpError(413, f"body is above the {verb} cap of {cap} bytes",
+                                             reason="body_too_large", close=True)  # fmt: skip
+                        if not reservation.grow(size):
+                            raise _HttpError(503, _busy(size, budget), reason="memory", close=True)
+                        body += chunk
+            except TimeoutError:
+                raise _HttpError(408, f"body not received within {settings.read_timeout} s",
+                                 reason="body_timeout", close=True) from None  # fmt: skip
+            except _UNREADABLE_BODY as err:
+                raise _HttpError(400, f"body not readable: {err!r}"[:300], close=True) from None
+            estimate = decoded_estimate(body)
+            if estimate > budget.capacity:
+                raise _HttpError(
+                    413, f"a body of {len(body)} bytes decodes to about {estimate // _MiB} MiB, above the "
+                    f"{budget.capacity // _MiB} MiB all requests may hold together (--max-inflight-bytes)",
+                    reason="body_too_large",
+                )  # fmt: skip
+            if not reservation.grow(estimate):
+                raise _HttpError(503, _busy(estimate, budget), reason="memory")
+        except BaseException:
+            reservation.release()
+            raise
+        return body, reservation
+
+    def read_json(request: web.Request) -> Any:
         try:
-            return decode_json(body)
+            return decode_json(request["body"])
         except WireError as err:
             raise _HttpError(400, str(err)) from None
 
-    async def parse_args(request: web.Request) -> ExtenderArgs:
+    def parse_args(request: web.Request) -> ExtenderArgs:
         try:
-            return parse_extender_args(await read_json(request))
+            return parse_extender_args(read_json(request))
         except WireError as err:
             raise _HttpError(400, str(err)) from None
 
@@ -125,8 +184,13 @@ def build_app(
             return "the node cache has not finished its first list from the API server yet; retry"
         return ""
 
+    def seen(args: ExtenderArgs) -> None:
+        if binder is not None and not args.pod.request.empty:
+            binder.seen.add(args.pod)  # the scheduler binds what it filtered: bind reads the pod from here
+
     async def filter_handler(request: web.Request) -> web.Response:
-        args = await parse_args(request)
+        args = parse_args(request)
+        seen(args)
         problem = cache_problem(args)
         if problem:
             request["result"] = "error"
@@ -135,7 +199,8 @@ def build_app(
         passed = answer.passed
         metrics.rejected("unresolvable", answer.unresolvable)
         metrics.rejected("unknown_node", answer.unknown)
-        metrics.rejected("no_block", answer.failed - answer.unknown)
+        metrics.rejected("not_serving", answer.not_serving)
+        metrics.rejected("no_block", answer.failed - answer.unknown - answer.not_serving)
         pod = args.pod
         if not pod.request.empty:
             metrics.pod_schedulable(pod.key, {n.resource.short for n in pod.request.needs}, bool(passed))
@@ -147,7 +212,8 @@ def build_app(
         return _json_response(encode_filter_reply(args, passed, answer.failed_members, answer.unresolvable_members))
 
     async def prioritize_handler(request: web.Request) -> web.Response:
-        args = await parse_args(request)
+        args = parse_args(request)
+        seen(args)
         problem = cache_problem(args)
         if problem:
             # HostPriorityList has no error field: an HTTP error is the only way to say it.
@@ -156,26 +222,23 @@ def build_app(
 
     async def bind_handler(request: web.Request) -> web.Response:
         try:
-            args = parse_binding_args(await read_json(request))
+            args = parse_binding_args(read_json(request))
         except WireError as err:
             raise _HttpError(400, str(err)) from None
         if binder is None:
             request["result"] = "error"
             return _json_response(encode_binding_result(_STANDALONE))
-        outcome = await binder.bind(args)
+        deadline = request["deadline"]
+        left = request.headers.get(DEADLINE_HEADER, "")
+        if left.isascii() and left.isdigit() and len(left) <= 6:  # a forwarding replica says what time is left
+            deadline = min(deadline, asyncio.get_running_loop().time() + int(left) / 1000)
+        # A task of its own, shielded: a handler timeout must not cancel a bind holding a node's lock.
+        outcome = await asyncio.shield(binder.start(args, deadline, forwarded=FORWARDED_HEADER in request.headers))
         if not outcome.ok:
             request["result"] = "error"
             if outcome.reason in REJECT_REASONS:
                 metrics.rejected(outcome.reason)
         return _json_response(encode_binding_result(outcome.error))
-
-    async def healthz(_: web.Request) -> web.Response:
-        return _json_response(b'{"status":"ok"}')
-
-    async def readyz(_: web.Request) -> web.Response:
-        if settings.standalone or view.synced:
-            return _json_response(b'{"status":"ready"}')
-        return _json_response(encode_error("node and pod caches have not finished their first list"), 503)
 
     @web.middleware
     async def guard(
@@ -183,30 +246,50 @@ def build_app(
     ) -> web.StreamResponse:
         verb = _VERBS.get(request.path)
         started = time.perf_counter()
+        # A bind must be decided before the scheduler gives up on it, counted from when its head arrived.
+        request["deadline"] = asyncio.get_running_loop().time() + settings.handler_timeout
         result = "ok"
+        reservation: Reservation | None = None
         try:
             with view.serving():
+                if verb is not None and request.method == "POST":
+                    request["body"], reservation = await read_body(request, verb)
                 async with asyncio.timeout(settings.handler_timeout):
                     response = await handler(request)
             result = request.get("result", "ok")
             return response
         except _HttpError as err:
             result = "bad_request" if err.status < 500 else "error"
-            log.warning("request.rejected", path=request.path, status=err.status, error=err.message)
-            return _json_response(encode_error(err.message), err.status)
-        except web.HTTPException as err:  # aiohttp's own: 404, 405, 413...
+            if err.reason:
+                metrics.http_rejected(err.reason)
+            suppressed = throttle.admit(("request.rejected", request.path, err.status))
+            if suppressed is not None:
+                log.warning("request.rejected", path=request.path, status=err.status, error=err.message,
+                            suppressed=suppressed)  # fmt: skip
+            response = _json_response(encode_error(err.message), err.status)
+            if err.status == 503:
+                response.headers["Retry-After"] = "1"
+            if err.close:
+                response.force_close()
+            return response
+        except web.HTTPException as err:  # aiohttp's own: 404, 405...
             result = "bad_request" if err.status < 500 else "error"
             return _json_response(encode_error(f"{err.status} {err.reason}: {request.method} {request.path}"),
                                   err.status)  # fmt: skip
         except TimeoutError:
             result = "error"
-            log.error("request.timeout", path=request.path, timeout_seconds=settings.handler_timeout)
+            suppressed = throttle.admit(("request.timeout", request.path))
+            if suppressed is not None:
+                log.error("request.timeout", path=request.path, timeout_seconds=settings.handler_timeout,
+                          suppressed=suppressed)  # fmt: skip
             return _json_response(encode_error(f"no answer within {settings.handler_timeout} s"), 503)
         except Exception:
             result = "error"
             log.exception("request.failed", path=request.path)
             return _json_response(encode_error("internal error; see the extender's log"), 500)
         finally:
+            if reservation is not None:
+                reservation.release()
             if verb is not None:
                 metrics.observe(verb, result, time.perf_counter() - started)
 
@@ -223,11 +306,30 @@ def build_app(
     app.router.add_post("/filter", filter_handler)
     app.router.add_post("/prioritize", prioritize_handler)
     app.router.add_post("/bind", bind_handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    _add_health_routes(app, settings, view)
     if settings.serve_metrics:
         _add_metrics_route(app, metrics)
     return app
+
+
+def _busy(size: int, budget: Budget) -> str:
+    return (
+        f"busy: this request would hold about {size // _MiB + 1} MiB and requests in flight already hold "
+        f"{budget.held // _MiB} of {budget.capacity // _MiB} MiB; retry"
+    )
+
+
+def _add_health_routes(app: web.Application, settings: ServerSettings, view: ClusterView) -> None:
+    async def healthz(_: web.Request) -> web.Response:
+        return _json_response(b'{"status":"ok"}')
+
+    async def readyz(_: web.Request) -> web.Response:
+        if settings.standalone or view.synced:
+            return _json_response(b'{"status":"ready"}')
+        return _json_response(encode_error("node and pod caches have not finished their first list"), 503)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
 
 
 def _add_metrics_route(app: web.Application, metrics: ExtenderMetrics) -> None:
@@ -239,8 +341,10 @@ def _add_metrics_route(app: web.Application, metrics: ExtenderMetrics) -> None:
     app.router.add_get("/metrics", metrics_handler)
 
 
-def build_metrics_app(metrics: ExtenderMetrics) -> web.Application:
-    """/metrics alone, for --metrics-port."""
+def build_metrics_app(metrics: ExtenderMetrics, settings: ServerSettings, view: ClusterView) -> web.Application:
+    """/metrics, /healthz and /readyz, for --metrics-port: probes pointed here are never queued behind the
+    scheduler's traffic."""
     app = web.Application()
     _add_metrics_route(app, metrics)
+    _add_health_routes(app, settings, view)
     return app

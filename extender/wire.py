@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from extender.requests import ContainerSpec, PodRequest, RequestError, pod_request
+from neuronalloc.text import MAX_MESSAGE, shorten
 
 __all__ = [
     "MAX_NODES",
@@ -30,6 +31,7 @@ __all__ = [
     "encode_filter_result",
     "encode_members",
     "encode_priorities",
+    "object_key",
     "parse_binding_args",
     "parse_extender_args",
     "parse_node",
@@ -40,12 +42,16 @@ __all__ = [
 MAX_NODES = 100_000
 # DNS subdomain limit for object names (RFC 1123).
 _MAX_NAME = 253
+# A path is built from the document's own keys (`...annotations.<key>`): it is quoted, not copied.
+_MAX_PATH = 240
 
 
 class WireError(ValueError):
     """A request that does not match the extender wire format. `path` names the field (`Pod.spec.containers[0]`)."""
 
     def __init__(self, path: str, problem: str) -> None:
+        path = shorten(path, _MAX_PATH)
+        problem = shorten(problem, MAX_MESSAGE - len(path) - 2)
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
@@ -60,6 +66,7 @@ class PodInfo:
     created: str  # metadata.creationTimestamp (RFC 3339 sorts as text), "" if absent
     phase: str  # status.phase, "" if absent
     request: PodRequest
+    scheduler_name: str = "default-scheduler"  # spec.schedulerName, defaulted as the API server does
 
     @property
     def key(self) -> str:
@@ -105,7 +112,7 @@ def decode_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:
-        raise WireError("body", f"not valid JSON ({err})") from None
+        raise WireError("body", f"not valid JSON ({shorten(str(err))})") from None
 
 
 def _object(value: Any, path: str, *, nullable: bool = False) -> Mapping[str, Any]:
@@ -135,8 +142,8 @@ def _string(value: Any, path: str, *, required: bool = False, default: str = "")
         raise WireError(path, f"expected a string, got {_kind(value)}")
     if required and not value:
         raise WireError(path, "required, got an empty string")
-    if len(value) > _MAX_NAME and required:
-        raise WireError(path, f"{len(value)} characters is above the name limit of {_MAX_NAME}")
+    if len(value) > _MAX_NAME:  # names, namespaces, UIDs, phases, timestamps: all short in any real object
+        raise WireError(path, f"{len(value)} characters is above the limit of {_MAX_NAME}")
     return value
 
 
@@ -194,6 +201,7 @@ def parse_pod(doc: Any, path: str = "Pod") -> PodInfo:
         created=_string(meta.get("creationTimestamp"), f"{path}.metadata.creationTimestamp"),
         phase=_string(status.get("phase"), f"{path}.status.phase"),
         request=request,
+        scheduler_name=_string(spec.get("schedulerName"), f"{path}.spec.schedulerName") or "default-scheduler",
     )
 
 
@@ -209,6 +217,15 @@ def parse_node(doc: Any, path: str = "Node") -> NodeInfo:
         annotations=annotations,
         raw=node,
     )
+
+
+def object_key(kind: str, doc: Any) -> str:
+    """The cache key of a Node ("name") or a Pod ("namespace/name"), e.g. from a DELETED watch event."""
+    meta = _object(_object(doc, kind).get("metadata"), f"{kind}.metadata")
+    name = _string(meta.get("name"), f"{kind}.metadata.name", required=True)
+    if kind == "nodes":
+        return name
+    return f"{_string(meta.get('namespace'), f'{kind}.metadata.namespace') or 'default'}/{name}"
 
 
 def parse_extender_args(doc: Any) -> ExtenderArgs:

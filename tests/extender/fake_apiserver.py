@@ -2,9 +2,12 @@
 
 It STANDS IN FOR kube-apiserver: it serves only what the extender's client uses (list and watch of nodes and
 pods with resourceVersions, bookmarks-free watches that end at timeoutSeconds, 410 Gone for a too-old
-resourceVersion, field selectors on spec.nodeName and status.phase, GET of one node or pod, and the pods/binding
-subresource with kube-apiserver's rules: 409 Conflict if the pod is already bound or its UID differs). The real
-API server is exercised by the cluster tier (tests/cluster).
+resourceVersion, field selectors on spec.nodeName and status.phase, GET of one node or pod, the pods/binding
+subresource with kube-apiserver's rules: 409 Conflict if the pod is already bound or its UID differs, and a
+request deadline from the `timeout` query parameter: a write still stalled at it is answered 504 and not made;
+and coordination.k8s.io/v1 Leases: GET, POST (409 if it exists), PUT with the resourceVersion as the
+precondition (409 Conflict if it changed)). Every request is logged in `requests` (method, path, query), for
+tests that count API calls. The real API server is exercised by the cluster tier (tests/cluster).
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ class FakeApiServer:
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, kind, type, object)
         self.oldest_event_rv = 0  # watches from before this get 410 Gone (set by `compact`)
         self.bindings: list[tuple[str, str]] = []  # (pod key, node), in the order they were accepted
-        self.bind_delay = 0.0
+        self.bind_delay = 0.0  # seconds each Binding POST stalls before it is decided
+        self.bind_ignores_deadline = False  # decide a stalled binding even past its `timeout` (an etcd commit)
+        self.leases: dict[str, dict[str, Any]] = {}  # "namespace/name" -> Lease
+        self.lease_writes_fail = False  # answer every Lease write 500 (an API server that cannot be written)
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, query string), in arrival order
         self._changed: asyncio.Condition | None = None
         self._wakers: set[asyncio.Future[None]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -49,6 +56,10 @@ class FakeApiServer:
 
     def put(self, kind: str, obj: dict[str, Any]) -> None:
         self._call(self._put, kind, copy.deepcopy(obj))
+
+    def put_raw(self, kind: str, key: str, obj: Any, event_type: str = "ADDED") -> None:
+        """Serve `obj` as it is, however malformed (a list item and a watch event), under `key`."""
+        self._call(self._record, kind, event_type, key, copy.deepcopy(obj))
 
     def delete(self, kind: str, key: str) -> None:
         self._call(self._delete, kind, key)
@@ -81,7 +92,9 @@ class FakeApiServer:
     def _event(self, kind: str, event_type: str, obj: dict[str, Any]) -> None:
         """Bump the resource version, stamp it on `obj`, log a copy as a watch event and wake the watchers."""
         self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if isinstance(meta, dict):  # a malformed object (see put_raw) is served without one
+            meta["resourceVersion"] = str(self.rv)
         self.events.append((self.rv, kind, event_type, copy.deepcopy(obj)))
         self._notify()
 
@@ -105,7 +118,13 @@ class FakeApiServer:
     def app(self) -> web.Application:
         self.loop = asyncio.get_event_loop()
         self._changed = asyncio.Condition()
-        app = web.Application()
+
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.requests.append((request.method, request.path, request.query_string))
+            return await handler(request)
+
+        app = web.Application(middlewares=[record])
 
         async def nodes(request: web.Request) -> web.StreamResponse:
             return await self._list_or_watch(request, "nodes")
@@ -118,10 +137,51 @@ class FakeApiServer:
         app.router.add_get("/api/v1/nodes/{name}", self._get_node)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get_pod)
         app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
+        leases = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+        app.router.add_get(leases + "/{name}", self._get_lease)
+        app.router.add_post(leases, self._create_lease)
+        app.router.add_put(leases + "/{name}", self._replace_lease)
         return app
 
+    # ---- leases ---------------------------------------------------------------------------------------
+
+    async def _get_lease(self, request: web.Request) -> web.Response:
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        return self._object_or_404(self.leases.get(key), "leases", key)
+
+    async def _create_lease(self, request: web.Request) -> web.Response:
+        lease = await request.json()
+        key = f"{request.match_info['ns']}/{lease['metadata']['name']}"
+        if key in self.leases:
+            return self._status(409, "AlreadyExists", f'leases.coordination.k8s.io "{key}" already exists')
+        return self._store_lease(key, lease, 201)
+
+    async def _replace_lease(self, request: web.Request) -> web.Response:
+        lease = await request.json()
+        key = f"{request.match_info['ns']}/{request.match_info['name']}"
+        current = self.leases.get(key)
+        if current is None:
+            return self._status(404, "NotFound", f"leases {key!r} not found")
+        if lease["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+            return self._status(409, "Conflict", "the object has been modified; please apply your changes again")
+        return self._store_lease(key, lease, 200)
+
+    def _store_lease(self, key: str, lease: dict[str, Any], status: int) -> web.Response:
+        if self.lease_writes_fail:
+            return self._status(500, "InternalError", "etcdserver: request timed out")
+        self.rv += 1
+        lease["metadata"]["resourceVersion"] = str(self.rv)
+        lease["metadata"]["namespace"] = key.split("/", 1)[0]
+        self.leases[key] = lease
+        return web.json_response(lease, status=status, dumps=lambda d: orjson.dumps(d).decode())
+
+    def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.leases.get(f"{namespace}/{name}"))
+
     @staticmethod
-    def _selected(obj: dict[str, Any], selector: str) -> bool:
+    def _selected(obj: Any, selector: str) -> bool:
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k) or {}, dict) for k in ("spec", "status")):
+            return True  # a malformed object (see put_raw) reaches every list and watch
         for term in filter(None, selector.split(",")):
             negate = "!=" in term
             field, value = term.split("!=" if negate else "=", 1)
@@ -214,6 +274,10 @@ class FakeApiServer:
         body = await request.json()
         key = f"{request.match_info['ns']}/{request.match_info['name']}"
         if self.bind_delay:
+            deadline = _duration(request.query.get("timeout", ""))
+            if deadline is not None and self.bind_delay > deadline and not self.bind_ignores_deadline:
+                await asyncio.sleep(deadline)  # kube-apiserver's request deadline: the write is never attempted
+                return self._status(504, "Timeout", "request did not complete within the allowed duration")
             await asyncio.sleep(self.bind_delay)
         pod = self.objects["pods"].get(key)
         if pod is None:
@@ -222,13 +286,24 @@ class FakeApiServer:
         if uid and uid != pod["metadata"].get("uid"):
             return self._status(409, "Conflict", f"Precondition failed: UID in precondition: {uid}")
         if (pod.get("spec") or {}).get("nodeName"):
-            return self._status(409, "Conflict", f"pod {key} is already assigned to node {pod['spec']['nodeName']!r}")
+            name, node = request.match_info["name"], pod["spec"]["nodeName"]
+            message = f'Operation cannot be fulfilled on pods/binding "{name}": '
+            message += f'pod {name} is already assigned to node "{node}"'
+            return self._status(409, "Conflict", message)
         target = body["target"]["name"]
         bound = copy.deepcopy(pod)
         bound["spec"]["nodeName"] = target
         self._record("pods", "MODIFIED", key, bound)
         self.bindings.append((key, target))
         return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, status=201)
+
+
+def _duration(text: str) -> float | None:
+    """A Go duration as kube-apiserver's `timeout` parameter takes it ("500ms", "3s"); None if absent."""
+    for suffix, scale in (("ms", 0.001), ("s", 1.0)):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(text[: -len(suffix)]) * scale
+    return None
 
 
 @contextmanager

@@ -21,7 +21,8 @@ def served(make_app: Callable[[], web.Application]) -> Iterator[tuple[str, async
     holder: dict[str, Any] = {}
 
     async def start() -> None:
-        runner = web.AppRunner(make_app(), access_log=None)
+        # A short shutdown: a watch whose client went away waits for its next event otherwise.
+        runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

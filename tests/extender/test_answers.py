@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from extender.answers import FilterAnswer, FilterMemo, ScoreMemo
 from extender.cache import ClusterView
-from extender.fit import FITS, Verdict, unknown
+from extender.fit import FITS, Verdict, not_serving, unknown
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app
 from extender.wire import encode_filter_reply, encode_priorities, parse_extender_args
@@ -30,7 +30,7 @@ from .serving import Http, served
 _TEXT = st.text(alphabet=st.sampled_from('ab-."\\/\n\tÿ€😀'), min_size=1, max_size=8)
 _VERDICTS = st.sampled_from(
     [FITS, Verdict("no_block", 0, "too full"), Verdict("no_block", 0, "other rule"),
-     Verdict("unresolvable", 0, "never"), unknown("garbled")]
+     Verdict("unresolvable", 0, "never"), unknown("garbled"), not_serving("kubelet restarted")]
 )  # fmt: skip
 
 

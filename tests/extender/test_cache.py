@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from extender.cache import ClusterView
 from extender.wire import parse_pod
 from neuronalloc import Resource
@@ -81,3 +84,55 @@ def test_malformed_watch_objects_are_skipped_not_fatal() -> None:
     view.apply("nodes", "MODIFIED", ({"metadata": {}},))
     view.apply("pods", "ADDED", ({"metadata": {"name": "x"}, "spec": {"containers": "nope"}},))
     assert view.size == 1 and view.verdict("a", single(Resource.NEURON, 1)).fits
+
+
+def _heartbeat(doc: dict[str, object], seconds: int) -> dict[str, object]:
+    """The same node a heartbeat later: only `observed-at` differs."""
+    import copy
+
+    beat = copy.deepcopy(doc)
+    notes = beat["metadata"]["annotations"]  # type: ignore[index]
+    notes["neuron-contig.io/observed-at"] = f"2026-11-22T02:{seconds // 60:02d}:{seconds % 60:02d}Z"
+    return beat
+
+
+def test_a_heartbeat_keeps_every_memoised_verdict() -> None:
+    """The plugin republishes `observed-at` every 60 s with nothing else changed: no verdict is dropped."""
+    view = view_with(Clock())
+    doc = node_doc("a", node_state("inf1.6xlarge", used_devices=[0]))
+    view.apply("nodes", "MODIFIED", (doc,))
+    four = single(Resource.NEURON, 2)
+    before = view.verdict("a", four)
+    view.apply("nodes", "MODIFIED", (_heartbeat(doc, 61),))
+    assert view.verdict("a", four) is before
+    # Nodes mode memoises by the request's annotations: the same holds there.
+    from extender.wire import parse_node
+
+    nodes_before = view.verdict_for(parse_node(doc), four)
+    assert view.verdict_for(parse_node(_heartbeat(doc, 122)), four) is nodes_before
+
+
+def test_a_real_change_still_drops_the_memo() -> None:
+    view = view_with(Clock())
+    four = single(Resource.NEURON, 4)
+    assert view.verdict("a", four).fits
+    view.apply("nodes", "MODIFIED", (node_doc("a", node_state("inf1.6xlarge", used_devices=[1])),))
+    assert view.verdict("a", four).kind == "no_block"
+
+
+@given(st.text(max_size=24) | st.sampled_from(["2026-11-22T02:05:56Z", "2026-13-22T02:05:56Z", "2026-11-22 02:05:56Z"]))
+def test_the_state_key_tells_a_garbled_observed_at_from_a_good_one(observed: str) -> None:
+    """Nodes that differ only in observed-at share a state key exactly when both decode alike."""
+    from extender.cache import state_key
+    from neuronalloc import NodeStateError, decode_node_state, encode_node_state
+
+    good = encode_node_state(node_state("inf1.6xlarge"))
+    other = {**good, "neuron-contig.io/observed-at": observed}
+    try:
+        decode_node_state(other)
+        decodes = True
+    except NodeStateError:
+        decodes = False
+    assert (state_key(other) == state_key(good)) == decodes
+    missing = {k: v for k, v in good.items() if k != "neuron-contig.io/observed-at"}
+    assert state_key(missing) != state_key(good)

@@ -9,6 +9,7 @@ the burst (many binds racing for one block: exactly one wins), and two replicas 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -157,10 +158,10 @@ def test_bind_binds_and_the_next_filter_sees_it(api: tuple[FakeApiServer, Path])
 @pytest.mark.parametrize(
     ("doc", "words"),
     [
-        ({"PodName": "ghost", "PodNamespace": "default", "PodUID": "u", "Node": "a"}, "404"),
+        ({"PodName": "ghost", "PodNamespace": "default", "PodUID": "u", "Node": "a"}, "does not exist"),
         ({"PodName": "p", "PodNamespace": "default", "PodUID": "other-uid", "Node": "a"}, "recreated"),
         ({"PodName": "p", "PodNamespace": "default", "PodUID": "uid-default-p", "Node": "garbled"}, "(unknown)"),
-        ({"PodName": "p", "PodNamespace": "default", "PodUID": "uid-default-p", "Node": "nowhere"}, "404"),
+        ({"PodName": "p", "PodNamespace": "default", "PodUID": "uid-default-p", "Node": "nowhere"}, "not in the"),
     ],
     ids=["pod-missing", "uid-mismatch", "node-garbled", "node-missing"],
 )
@@ -234,3 +235,92 @@ def test_two_replicas_answer_the_same(api: tuple[FakeApiServer, Path]) -> None:
     with extender(kubeconfig) as two:
         eventually(lambda: passed(two, pod, names) == ["n0", "n1"], "bound pod seen")
         assert [two.post(verb, names_args(pod, names)) for verb in ("/filter", "/prioritize")] == answers
+
+
+def _poisoned_nodes() -> dict[str, Any]:
+    good = encode_node_state(node_state("inf1.6xlarge"))
+    return {
+        "huge-devices": node_doc("huge-devices", annotations={**good, "neuron-contig.io/devices": "9" * 5000}),
+        "huge-free": node_doc("huge-free", annotations={**good, "neuron-contig.io/free-devices": "1" * 5000}),
+        "annotations-list": {"metadata": {"name": "annotations-list", "annotations": ["x"]}},
+        "metadata-list": {"metadata": ["x"]},
+        "array": [1, 2, 3],
+        "long-name": {"metadata": {"name": "n" * 5000}},
+    }
+
+
+def _poisoned_pods() -> dict[str, Any]:
+    huge = pod_doc("huge", containers=[{"name": "c", "resources": {"limits": {"aws.amazon.com/neuron": "9" * 5000}}}])
+    huge["spec"]["nodeName"] = "good"
+    return {
+        "default/huge": huge,
+        "default/containers-text": {
+            "metadata": {"name": "containers-text"},
+            "spec": {"containers": "x", "nodeName": "good"},
+        },
+        "default/number": 7,
+        "default/metadata-text": {"metadata": "x", "spec": {"nodeName": "good"}},
+    }
+
+
+def test_one_poisoned_object_never_stops_the_list_or_the_watch(
+    api: tuple[FakeApiServer, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One malformed Node or Pod among good ones, in the first list and later in the watch: the extender becomes
+    ready, judges the good nodes, and keeps following the watch."""
+    caplog.set_level(logging.INFO)
+    fake, kubeconfig = api
+    fake.put("nodes", node_doc("good", node_state("inf1.6xlarge")))
+    fake.put("nodes", node_doc("other", node_state("inf1.6xlarge")))
+    for key, doc in _poisoned_nodes().items():
+        fake.put_raw("nodes", key, doc)
+    for key, doc in _poisoned_pods().items():
+        fake.put_raw("pods", key, doc)
+    fake.put("pods", pod_doc("held", neuron=2, node_name="other", phase="Running"))
+    with extender(kubeconfig) as http:
+        pod = pod_doc("p", neuron=3)
+        assert passed(http, pod, ["good", "other", "huge-devices", "huge-free"]) == ["good"]
+        # The same poison again, now as watch events (ADDED, MODIFIED, DELETED), then a good change.
+        for kind, poison in (("nodes", _poisoned_nodes()), ("pods", _poisoned_pods())):
+            for key, doc in poison.items():
+                fake.put_raw(kind, key, doc, "MODIFIED")
+                fake.put_raw(kind, key, doc, "DELETED")
+        fake.put("pods", pod_doc("late", neuron=2, node_name="good", phase="Running"))
+        eventually(lambda: passed(http, pod, ["good", "other"]) == [], "the good pod after the poisoned events")
+        fake.put("nodes", node_doc("fresh", node_state("inf1.6xlarge")))
+        eventually(lambda: passed(http, pod, ["fresh"]) == ["fresh"], "the good node after the poisoned events")
+        assert http.get("/readyz")[0] == 200
+    events = [r.getMessage() for r in caplog.records]
+    # Each kind listed once: no poisoned event made a watch fail and list again.
+    assert events.count("cache.listed") == 2 and "cache.watch_failed" not in events, events
+    # And the poison is logged, not once per object and event.
+    assert 1 <= events.count("cache.object_rejected") <= 4, events
+
+
+def test_relist_interrupts_an_idle_watch_at_once_and_never_blocks_the_caller(api: tuple[FakeApiServer, Path]) -> None:
+    """A new binder re-reads the pods through its reflector: asking must not wait for the open watch (300 s by
+    default) to end, nor block the event loop that asks."""
+    fake, kubeconfig = api
+    fake.put("nodes", node_doc("a", node_state("inf1.6xlarge")))
+    view = ClusterView()
+    loop = asyncio.new_event_loop()
+    reflector = Reflector(
+        KubeApi(str(kubeconfig)), "pods", lambda e: loop.call_soon_threadsafe(view.apply, e.kind, e.type, e.objects),
+        watch_timeout=300,
+    )  # fmt: skip
+    reflector.start()
+    try:
+        eventually(lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.lists_applied("pods"))[1] == 1, "list")
+        time.sleep(0.5)  # the watch is open and idle now
+        started = time.monotonic()
+        reflector.relist()
+        assert time.monotonic() - started < 0.5, "relist() blocked its caller"
+        eventually(lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.lists_applied("pods"))[1] == 2,
+                   "the second list", limit=3)  # fmt: skip
+        started = time.monotonic()
+        reflector.stop()
+        reflector.join(5)
+        assert not reflector.is_alive() and time.monotonic() - started < 1
+    finally:
+        reflector.stop()
+        loop.close()

@@ -17,7 +17,7 @@ from extender.cache import ClusterView
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app
 
-from .builders import names_args, node_doc, node_state, nodes_args, pod_doc
+from .builders import NEURON, names_args, node_doc, node_state, nodes_args, pod_doc
 from .serving import Http, served
 
 DATA = Path(__file__).parent / "data"
@@ -119,6 +119,16 @@ BAD_REQUESTS = [
         400,
         "Node",
     ),
+    (
+        "5,000-digit quantity",
+        "/filter",
+        orjson.dumps(
+            nodes_args(pod_doc("p", containers=[{"name": "c", "resources": {"limits": {NEURON: "9" * 5000}}}]), [])
+        ),
+        "application/json",
+        400,
+        "above 4096",
+    ),
     ("oversized body", "/filter", b'{"x": "' + b"a" * (CAP + 10) + b'"}', "application/json", 413, "cap"),
 ]
 
@@ -190,6 +200,17 @@ def test_health_readiness_and_metrics(http: Http) -> None:
         "neuron_contig_extender_cache_nodes",
         "neuron_contig_extender_cache_staleness_seconds",
         'neuron_contig_extender_pods_unschedulable{resource="neuron"} 0.0',
+        # Zero before the first event, like every label value above.
+        'neuron_contig_extender_nodes_rejected_total{reason="not_serving"} 0.0',
+        'neuron_contig_extender_binds_total{reason="ok"} 0.0',
+        'neuron_contig_extender_binds_total{reason="outcome_unknown"} 0.0',
+        'neuron_contig_extender_binds_forwarded_total{result="error"} 0.0',
+        "neuron_contig_extender_binder_active 0.0",
+        'neuron_contig_extender_http_rejected_total{reason="memory"} 0.0',
+        'neuron_contig_extender_http_rejected_total{reason="header_timeout"} 0.0',
+        'neuron_contig_extender_tls_reloads_total{result="error"} 0.0',
+        'neuron_contig_extender_connections{port="main"}',
+        "neuron_contig_extender_inflight_bytes 0.0",
     ]:
         assert line in text, line
 

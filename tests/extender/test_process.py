@@ -3,19 +3,11 @@ a separate metrics port, JSON log lines, and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import urllib3
@@ -24,51 +16,8 @@ from extender.main import parse_config
 
 from .builders import names_args, node_doc, node_state, nodes_args, pod_doc
 from .fake_apiserver import fake_apiserver
+from .process import extender
 from .serving import Http
-
-EXE = shutil.which("neuron-scheduler-extender") or ""
-
-
-class Running:
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.put(line)
-
-    def event(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
-        while True:
-            line = self.lines.get(timeout=timeout)
-            record: dict[str, Any] = json.loads(line)  # every line is one JSON object
-            self.seen.append(record)
-            if record["event"] == name:
-                return record
-
-
-@contextmanager
-def extender(*args: str, env: dict[str, str] | None = None) -> Iterator[Running]:
-    command = [EXE] if EXE else [sys.executable, "-m", "extender.main"]
-    proc = subprocess.Popen(
-        [*command, "--address", "127.0.0.1", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        yield Running(proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def test_standalone_process_serves_and_stops_cleanly() -> None:

@@ -261,3 +261,74 @@ def test_any_json_either_parses_or_raises_wire_error(doc: Any) -> None:
         return
     assert isinstance(args, ExtenderArgs)
     assert all(isinstance(n, NodeInfo) for n in args.nodes or ())
+
+
+# ---- every decoder is bounded and raises only WireError, with a short message ----------------------------
+
+_VOCABULARY = [
+    "Pod", "Nodes", "NodeNames", "items", "metadata", "name", "namespace", "uid", "spec", "status", "phase",
+    "containers", "initContainers", "resources", "limits", "requests", "annotations", "nodeName", "schedulerName",
+    "creationTimestamp", "restartPolicy", "PodName", "PodNamespace", "PodUID", "Node", "aws.amazon.com/neuron",
+    "aws.amazon.com/neuroncore", "Always",
+]  # fmt: skip
+_HOSTILE_TEXT = (
+    st.text(max_size=6)
+    | st.sampled_from(_VOCABULARY)
+    | st.integers(min_value=0, max_value=6000).map(lambda n: "9" * n)  # digit strings up to 6,000 long
+    | st.integers(min_value=0, max_value=3000).map(lambda n: 'é\n"' * n)  # long text that escapes
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | _HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_HOSTILE_TEXT, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def _only_wire_error(decode: Any, doc: Any) -> None:
+    try:
+        decode(doc)
+    except WireError as err:
+        assert len(str(err)) <= 600, len(str(err))
+
+
+@given(_JSON)
+def test_every_wire_decoder_raises_only_a_short_wire_error(doc: Any) -> None:
+    from extender.wire import parse_node, parse_pod
+
+    for decode in (parse_extender_args, parse_binding_args, parse_pod, parse_node):
+        _only_wire_error(decode, doc)
+    # The same document inside the envelopes the decoders descend into.
+    _only_wire_error(parse_extender_args, {"Pod": doc, "NodeNames": ["a"]})
+    _only_wire_error(parse_extender_args, {"Pod": pod_doc("p"), "Nodes": {"items": [doc]}})
+    _only_wire_error(parse_pod, {"metadata": {"name": "p"}, "spec": {"containers": [{"resources": {"limits": doc}}]}})
+
+
+@given(st.binary(max_size=200) | _JSON.map(orjson.dumps))
+def test_decode_json_raises_only_a_short_wire_error(body: bytes) -> None:
+    _only_wire_error(decode_json, body)
+
+
+@pytest.mark.parametrize("resource", ["aws.amazon.com/neuron", "aws.amazon.com/neuroncore"])
+@pytest.mark.parametrize("digits", [5000, 4301, 20])
+def test_a_huge_quantity_is_a_wire_error_with_a_short_message(resource: str, digits: int) -> None:
+    doc = pod_doc("p", containers=[{"name": "c" * 63, "resources": {"limits": {resource: "7" * digits}}}])
+    with pytest.raises(WireError) as caught:
+        parse_extender_args(names_args(doc, ["n"]))
+    assert "above 4096" in str(caught.value) and len(str(caught.value)) <= 600
+
+
+def test_messages_quoting_input_are_short() -> None:
+    key = "k" * 100_000
+    cases: list[Any] = [
+        {"Pod": pod_doc("p"), "Nodes": {"items": [{"metadata": {"name": "n", "annotations": {key: 1}}}]}},
+        {"Pod": pod_doc("p", containers=[{"name": "c", "resources": {"limits": {key: [1]}}}]), "NodeNames": []},
+        {"Pod": {"metadata": {"name": "n" * 100_000}}, "NodeNames": []},
+        {"Pod": pod_doc("p", containers=[{"name": "c", "resources": {"limits": {NEURON: "x" * 100_000}}}])},
+    ]
+    for doc in cases:
+        with pytest.raises(WireError) as caught:
+            parse_extender_args(doc)
+        assert len(str(caught.value)) <= 600, str(caught.value)[:200]
+
+
+NEURON = "aws.amazon.com/neuron"
