@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Tools the deploy tests need (tests/deploy/): helm, kustomize, promtool, hadolint and the offline
-# manifest schema checker. Idempotent: each tool is skipped when the pinned version is already there.
+# manifest schema checker. The cluster tier's tests/cluster/test_deploy_manifests.py uses helm too (it installs
+# and upgrades the chart on the tier's API server). Idempotent: each tool is skipped when the pinned version
+# is already there.
 # Sources: Debian packages, PyPI and the Go module proxy only (CI reaches nothing else).
 # Binaries go to <repo>/.deps/bin (git-ignored); the tests look there first, then on PATH.
 set -euo pipefail

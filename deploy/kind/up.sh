@@ -7,6 +7,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cluster=neuron-contig-e2e
+# deploy/ takes the extender's and the scheduler's mutual-TLS certificates from cert-manager.
+cert_manager_version=v1.21.2
 
 if [[ "${1:-}" == down ]]; then
   exec kind delete cluster --name "$cluster"
@@ -36,6 +38,13 @@ for node in $(kind get nodes --name "$cluster"); do
   done
 done
 
+# cert-manager first: deploy/extender/certificates.yaml needs its CRDs, and its webhook must answer before
+# Issuers and Certificates can be created.
+"${kc[@]}" apply -f "https://github.com/cert-manager/cert-manager/releases/download/$cert_manager_version/cert-manager.yaml"
+for deployment in cert-manager cert-manager-cainjector cert-manager-webhook; do
+  "${kc[@]}" -n cert-manager rollout status "deployment/$deployment" --timeout=180s
+done
+
 # The deploy/ manifests with the image just built (kind load put it on the nodes, so IfNotPresent never
 # pulls it). An overlay inside deploy/ would be a kustomize cycle and kustomize refuses absolute bases,
 # hence this one in the git-ignored .deps/.
@@ -55,6 +64,8 @@ images:
     newTag: $server_version
 YAML
 "${kc[@]}" apply -k "$overlay"
+"${kc[@]}" -n kube-system wait --for=condition=Ready --timeout=120s \
+  certificate/neuron-scheduler-extender certificate/neuron-contig-scheduler-client
 "${kc[@]}" -n kube-system rollout status daemonset/neuron-contig-device-plugin --timeout=180s
 "${kc[@]}" -n kube-system rollout status deployment/neuron-scheduler-extender --timeout=180s
 "${kc[@]}" -n kube-system rollout status deployment/neuron-contig-scheduler --timeout=180s

@@ -82,24 +82,12 @@ def test_chart_files_match_the_plain_monitoring_sources() -> None:
     ).read_text()
 
 
-def test_tls_wires_scheduler_and_extender() -> None:
-    objs = helm("extender.tls.enabled=true", "extender.tls.secretName=extender-tls", "monitoring.enabled=true")
-    config = yaml.safe_load(find(objs, "ConfigMap", "neuron-contig-scheduler-config")["data"][SCHEDULER_CONFIG])
-    extender = config["extenders"][0]
-    assert extender["urlPrefix"] == "https://neuron-scheduler-extender.kube-system.svc:8888"
-    assert extender["enableHTTPS"] is True
-    assert extender["tlsConfig"]["serverName"] == "neuron-scheduler-extender.kube-system.svc"
-    pod = find(objs, "Deployment", "neuron-scheduler-extender")["spec"]["template"]["spec"]
-    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["TLS_CERT_FILE"] == "/etc/neuron-contig/tls/tls.crt"
-    assert pod["volumes"] == [{"name": "tls", "secret": {"secretName": "extender-tls"}}]
-    assert pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
-    assert find(objs, "ServiceMonitor", "neuron-scheduler-extender")["spec"]["endpoints"][0]["scheme"] == "https"
-
-
 def test_values_flow_into_the_manifests() -> None:
     objs = helm(
-        "schedulerName=neuron-b", "extender.replicas=3", "image.tag=1.2.3", "plugin.hwErrorLog=/var/log/kern.log",
+        "schedulerName=neuron-b",
+        "extender.replicas=3",
+        "image.tag=1.2.3",
+        "plugin.hwErrorLog=/var/log/kern.log",
         "instanceTypes={inf2.48xlarge}",
     )
     config = yaml.safe_load(find(objs, "ConfigMap", "neuron-contig-scheduler-config")["data"][SCHEDULER_CONFIG])
@@ -112,7 +100,9 @@ def test_values_flow_into_the_manifests() -> None:
     assert plugin["containers"][0]["image"].endswith(":1.2.3")
     env = {e["name"]: e.get("value") for e in plugin["containers"][0]["env"]}
     assert env["HW_ERROR_LOG"] == "/var/log/kern.log"
-    assert {"name": "hw-error-log", "hostPath": {"path": "/var/log", "type": "Directory"}} in plugin["volumes"]
+    assert {"name": "hw-error-log", "hostPath": {"path": "/var/log/kern.log", "type": "File"}} in plugin["volumes"]
+    extender = find(objs, "Deployment", "neuron-scheduler-extender")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in extender["env"]}["SCHEDULER_NAME"] == "neuron-b"
     terms = plugin["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms[0]["matchExpressions"][0]["values"] == ["inf2.48xlarge"]
 
@@ -121,7 +111,15 @@ def test_values_flow_into_the_manifests() -> None:
     ("value", "complaint"),
     [
         ("extender.replicas=1", "/extender/replicas"),
-        ("extender.tls.enabled=true", "secretName"),
+        ("extender.tls.source=secrets", "secretName"),
+        ("extender.tls.secretName=mine", "/extender/tls/secretName"),
+        ("extender.tls.source=vault", "/extender/tls/source"),
+        ("extender.metricsPort=8888", "must differ"),
+        ("plugin.hwErrorLog=/dev/sda", "/plugin/hwErrorLog"),
+        ("plugin.hwErrorLog=/var/log/", "/plugin/hwErrorLog"),
+        ("plugin.hwErrorLog=var/log/messages", "/plugin/hwErrorLog"),
+        ("plugin.hwErrorLog=/var/log/../../etc/shadow", "/plugin/hwErrorLog"),
+        ('--set-json=networkPolicy.metricsFrom=[{"podSelectr":{}}]', "/networkPolicy/metricsFrom/0"),
         ("plugin.logLevel=loud", "/plugin/logLevel"),
         ("plugin.metricsPort=0", "/plugin/metricsPort"),
         ("scheduler.extenderTimeout=soon", "/scheduler/extenderTimeout"),

@@ -21,8 +21,9 @@ def test_up_sh_exits_3_without_a_docker_engine(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", str(DEPLOY / "kind" / "up.sh")], capture_output=True, text=True,
-                            env=env, timeout=60, check=False)
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "kind" / "up.sh")], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
     assert result.returncode == 3
     assert "no Docker engine reachable" in result.stderr
     assert run(["bash", "-n", str(DEPLOY / "kind" / "up.sh")]).returncode == 0

@@ -54,7 +54,9 @@ def test_contract_metrics_were_found() -> None:
     metrics = contract_metrics()
     assert len(metrics) == 17
     assert {n for n, k in metrics.items() if k == "histogram"} == {
-        "neuron_contig_plugin_rpc_duration_seconds", "neuron_contig_extender_request_duration_seconds"}
+        "neuron_contig_plugin_rpc_duration_seconds",
+        "neuron_contig_extender_request_duration_seconds",
+    }
 
 
 @pytest.mark.parametrize("source", ["deploy", "chart"])
@@ -73,8 +75,11 @@ def test_promtool_rule_unit_tests(tmp_path: Path) -> None:
     shutil.copy(MONITORING / "alerts-test.yaml", tmp_path / "alerts-test.yaml")
     out = must([tool("promtool"), "test", "rules", "alerts-test.yaml"], cwd=tmp_path)
     assert "SUCCESS" in out
-    tested = {t["alertname"] for case in yaml.safe_load((MONITORING / "alerts-test.yaml").read_text())["tests"]
-              for t in case["alert_rule_test"]}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load((MONITORING / "alerts-test.yaml").read_text())["tests"]
+        for t in case["alert_rule_test"]
+    }
     assert {"NeuronDeviceUnhealthy", "NeuronPodsPendingNoContiguousBlock"} <= tested
 
 
@@ -115,9 +120,13 @@ def test_dashboard_parses_and_uses_only_contract_metrics() -> None:
     assert used <= set(contract_metrics()), used - set(contract_metrics())
     # Device maps, allocations, latency, fragmentation and health are all on it.
     assert {
-        "neuron_contig_plugin_device_healthy", "neuron_contig_plugin_devices", "neuron_contig_plugin_allocations_total",
-        "neuron_contig_plugin_rpc_duration_seconds", "neuron_contig_extender_request_duration_seconds",
-        "neuron_contig_plugin_largest_free_block", "neuron_contig_extender_pods_unschedulable",
+        "neuron_contig_plugin_device_healthy",
+        "neuron_contig_plugin_devices",
+        "neuron_contig_plugin_allocations_total",
+        "neuron_contig_plugin_rpc_duration_seconds",
+        "neuron_contig_extender_request_duration_seconds",
+        "neuron_contig_plugin_largest_free_block",
+        "neuron_contig_extender_pods_unschedulable",
     } <= used
     ids = [p["id"] for p in doc["panels"]]
     assert len(ids) == len(set(ids))
@@ -143,4 +152,9 @@ def test_monitors_select_the_workloads() -> None:
     service = find(core, "Service", "neuron-scheduler-extender")
     service_monitor = find(monitoring, "ServiceMonitor", "neuron-scheduler-extender")["spec"]
     assert service_monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert service_monitor["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    # The plain-HTTP metrics port: the verbs port requires a client certificate Prometheus must not hold.
+    (endpoint,) = service_monitor["endpoints"]
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    extender = find(core, "Deployment", "neuron-scheduler-extender")["spec"]["template"]["spec"]["containers"][0]
+    assert port["targetPort"] == "metrics" and "metrics" in {p["name"] for p in extender["ports"]}
+    assert endpoint.get("scheme", "http") == "http" and "tlsConfig" not in endpoint

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.test_schema import CHART_VARIANTS
 from tests.deploy.tools import REPO, helm, kustomize, must
+from tests.deploy.variants import CHART_VARIANTS
 
 OURS = {"neuron-device-plugin", "neuron-scheduler-extender"}
 
@@ -28,7 +28,7 @@ def flags_of(entry_point: str) -> frozenset[str]:
 def test_every_env_var_is_a_flag_of_the_entry_point(source: str) -> None:
     objs = kustomize(".") if source == "kustomize" else helm(*CHART_VARIANTS["everything-on"])
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    seen = set()
+    seen, missing = set(), set()
     for obj in objs:
         if obj["kind"] not in ("Deployment", "DaemonSet"):
             continue
@@ -39,8 +39,13 @@ def test_every_env_var_is_a_flag_of_the_entry_point(source: str) -> None:
             assert entry_point in scripts
             for env in container.get("env", []):
                 flag = "--" + env["name"].lower().replace("_", "-")
-                assert flag in flags_of(entry_point), f"{entry_point} has no {flag} for env {env['name']}"
+                if flag not in flags_of(entry_point):
+                    missing.add(f"{entry_point} {flag} (env {env['name']})")
                 seen.add(env["name"])
-    assert {"NODE_NAME", "PORT"} <= seen
+    assert not missing, f"flags the manifests set that the entry points lack: {sorted(missing)}"
+    assert {
+        "NODE_NAME", "ADVERTISE_ADDRESS", "PORT", "METRICS_PORT", "SCHEDULER_NAME", "TLS_CERT_FILE", "TLS_KEY_FILE",
+        "TLS_CLIENT_CA_FILE", "LEASE_NAMESPACE", "LEASE_NAME",
+    } <= seen  # fmt: skip
     if source != "kustomize":
-        assert {"LOG_LEVEL", "HW_ERROR_LOG", "METRICS_PORT", "TLS_CERT_FILE", "TLS_KEY_FILE"} <= seen
+        assert {"LOG_LEVEL", "HW_ERROR_LOG"} <= seen

@@ -25,6 +25,9 @@ LOCAL_BIN = REPO / ".deps" / "bin"
 RELEASE = "neuron-contig"
 NAMESPACE = "kube-system"
 TOOL_TIMEOUT = 120
+# The chart's extender.tls.source=auto picks cert-manager when the cluster serves this API: the renderings
+# compared with deploy/ are those of such a cluster.
+CERT_MANAGER_API = "cert-manager.io/v1"
 
 Obj = dict[str, Any]
 
@@ -64,20 +67,28 @@ def kustomize(directory: str = ".") -> list[Obj]:
     return docs(kustomize_text(directory))
 
 
-def helm_args(sets: Iterable[str] = ()) -> list[str]:
-    args = [tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+def helm_args(
+    sets: Iterable[str] = (), *, api_versions: Iterable[str] = (CERT_MANAGER_API,), namespace: str = NAMESPACE
+) -> list[str]:
+    """`helm template` with each of `sets` as --set KEY=VALUE, or passed as is when it starts with "--"
+    (e.g. "--set-json=KEY=JSON"); `api_versions` are what the pretended cluster serves beyond the built-in."""
+    args = [tool("helm"), "template", RELEASE, str(CHART), "--namespace", namespace]
+    for api in api_versions:
+        args += ["--api-versions", api]
     for value in sets:
-        args += ["--set", value]
+        args += [value] if value.startswith("--") else ["--set", value]
     return args
 
 
 @functools.cache
-def helm_text(sets: tuple[str, ...] = ()) -> str:
-    return must(helm_args(sets))
+def helm_text(
+    sets: tuple[str, ...] = (), api_versions: tuple[str, ...] = (CERT_MANAGER_API,), namespace: str = NAMESPACE
+) -> str:
+    return must(helm_args(sets, api_versions=api_versions, namespace=namespace))
 
 
-def helm(*sets: str) -> list[Obj]:
-    return docs(helm_text(tuple(sets)))
+def helm(*sets: str, api_versions: tuple[str, ...] = (CERT_MANAGER_API,), namespace: str = NAMESPACE) -> list[Obj]:
+    return docs(helm_text(tuple(sets), api_versions, namespace))
 
 
 def key(obj: Obj) -> tuple[str, str, str, str]:

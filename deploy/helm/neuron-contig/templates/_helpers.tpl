@@ -32,6 +32,82 @@ app.kubernetes.io/component: {{ .component }}
 {{ if .Values.extender.tls.enabled }}https{{ else }}http{{ end }}://neuron-scheduler-extender.{{ .Release.Namespace }}.svc:{{ .Values.extender.port }}
 {{- end }}
 
-{{- define "neuron-contig.extenderScheme" -}}
-{{ if .Values.extender.tls.enabled }}HTTPS{{ else }}HTTP{{ end }}
+{{/* The DNS name the extender's certificate is for (the URL's host). */}}
+{{- define "neuron-contig.extenderDNSName" -}}
+neuron-scheduler-extender.{{ .Release.Namespace }}.svc
+{{- end }}
+
+{{/* Where the TLS certificates come from: off, cert-manager, chart or secrets ("auto" resolved here). */}}
+{{- define "neuron-contig.tlsSource" -}}
+{{- $tls := .Values.extender.tls -}}
+{{- if not $tls.enabled -}}
+off
+{{- else if eq $tls.source "auto" -}}
+{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1" }}cert-manager{{ else }}chart{{ end -}}
+{{- else -}}
+{{ $tls.source }}
+{{- end -}}
+{{- end }}
+
+{{/* The Secret with the extender's certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "neuron-contig.serverSecret" -}}
+{{- if eq (include "neuron-contig.tlsSource" .) "secrets" -}}
+{{ .Values.extender.tls.secretName }}
+{{- else -}}
+neuron-scheduler-extender-tls
+{{- end -}}
+{{- end }}
+
+{{/* The Secret with kube-scheduler's client certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "neuron-contig.clientSecret" -}}
+{{- if eq (include "neuron-contig.tlsSource" .) "secrets" -}}
+{{ .Values.extender.tls.clientSecretName }}
+{{- else -}}
+neuron-contig-scheduler-client-tls
+{{- end -}}
+{{- end }}
+
+{{/*
+The chart-made certificates (tls source "chart"), as JSON of base64 PEM: ca, serverCert, serverKey,
+clientCert, clientKey. The Secrets already in the cluster are reused when both exist and share their CA
+(lookup), so an upgrade changes nothing; otherwise a new CA and both leaves are made. Made once per
+rendering and kept in .Values, so that the Secrets and the pods' checksum/extender-ca annotations agree
+although they are in different templates.
+*/}}
+{{- define "neuron-contig.chartTLS" -}}
+{{- if not (hasKey .Values "_chartTLS") -}}
+{{- $server := (lookup "v1" "Secret" .Release.Namespace "neuron-scheduler-extender-tls").data | default dict -}}
+{{- $client := (lookup "v1" "Secret" .Release.Namespace "neuron-contig-scheduler-client-tls").data | default dict -}}
+{{- $keys := list "ca.crt" "tls.crt" "tls.key" -}}
+{{- $complete := true -}}
+{{- range $keys -}}
+{{- if not (and (index $server .) (index $client .)) -}}{{- $complete = false -}}{{- end -}}
+{{- end -}}
+{{- $tls := dict -}}
+{{- if and $complete (eq (index $server "ca.crt") (index $client "ca.crt")) -}}
+{{- $tls = dict "ca" (index $server "ca.crt") "serverCert" (index $server "tls.crt") "serverKey" (index $server "tls.key") "clientCert" (index $client "tls.crt") "clientKey" (index $client "tls.key") -}}
+{{- else -}}
+{{- $ca := genCA "neuron-contig-extender-ca" 3650 -}}
+{{- $dns := include "neuron-contig.extenderDNSName" . -}}
+{{- $serverCert := genSignedCert $dns nil (list $dns) 3650 $ca -}}
+{{- $clientCert := genSignedCert "neuron-contig-scheduler" nil nil 3650 $ca -}}
+{{- $tls = dict "ca" ($ca.Cert | b64enc) "serverCert" ($serverCert.Cert | b64enc) "serverKey" ($serverCert.Key | b64enc) "clientCert" ($clientCert.Cert | b64enc) "clientKey" ($clientCert.Key | b64enc) -}}
+{{- end -}}
+{{- $_ := set .Values "_chartTLS" $tls -}}
+{{- end -}}
+{{- toJson .Values._chartTLS -}}
+{{- end }}
+
+{{/* Pod annotation that rolls the pods when the chart-made CA changes (kube-scheduler reads ca.crt only at start). */}}
+{{- define "neuron-contig.caChecksum" -}}
+{{- if eq (include "neuron-contig.tlsSource" .) "chart" -}}
+checksum/extender-ca: {{ (include "neuron-contig.chartTLS" . | fromJson).ca | sha256sum }}
+{{- end -}}
+{{- end }}
+
+{{/* Value checks JSON Schema cannot express. */}}
+{{- define "neuron-contig.validate" -}}
+{{- if eq (int .Values.extender.port) (int .Values.extender.metricsPort) -}}
+{{- fail "extender.metricsPort must differ from extender.port: the metrics port is plain HTTP, the verbs port is not" -}}
+{{- end -}}
 {{- end }}

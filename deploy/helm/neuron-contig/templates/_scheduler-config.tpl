@@ -25,11 +25,19 @@ extenders:
     nodeCacheCapable: true
     # A pod that needs a contiguous block must never be placed without the check.
     ignorable: false
-    enableHTTPS: {{ .Values.extender.tls.enabled }}
     {{- if .Values.extender.tls.enabled }}
+    # Mutual TLS (docs/security.md): the extender's certificate must chain to caFile and name the URL's host;
+    # kube-scheduler presents certFile/keyFile, which the extender requires. client-go re-reads certFile and
+    # keyFile at each new connection (cached for a second), so a renewed client certificate needs no restart;
+    # caFile is read once, at start.
+    enableHTTPS: true
     tlsConfig:
-      serverName: neuron-scheduler-extender.{{ .Release.Namespace }}.svc
-      caFile: /etc/neuron-contig/extender-ca/ca.crt
+      certFile: /etc/neuron-contig/extender-client/tls.crt
+      keyFile: /etc/neuron-contig/extender-client/tls.key
+      caFile: /etc/neuron-contig/extender-client/ca.crt
+    {{- else }}
+    # extender.tls.enabled=false: plain HTTP, no client authentication (docs/security.md).
+    enableHTTPS: false
     {{- end }}
     managedResources:
       - name: aws.amazon.com/neuron
