@@ -94,6 +94,7 @@ class SimNode:
     kubelet: ManagedProcess
     plugin: ManagedProcess | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)  # the plugin's /metrics, /healthz, /readyz
 
     @property
     def device_plugin_dir(self) -> Path:
@@ -467,7 +468,9 @@ class Cluster:
                 f"--pod-resources-socket={node.pod_resources_socket}",
                 f"--node-name={node.name}",
                 f"--kubeconfig={self.kubeconfig}",
-                "--metrics-port=0",
+                # /readyz on this port is what the extender asks before it binds a pod to the node.
+                f"--metrics-port={node.metrics_port}",
+                "--advertise-address=127.0.0.1",
                 f"--logical-nc-config={node.sysfs_root / 'no-logical-nc-config'}",
                 f"--hw-error-log={node.hw_error_log}",
                 "--log-level=info",

@@ -146,6 +146,8 @@ def test_no_pod_fails_while_every_component_restarts(pool: Pool, cluster: Cluste
     assert not watch.failed, f"pods Failed during the restarts: {watch.failed}\nactions: {actions}"
     pool.assert_no_overcommit()
     for pod in pool.pods():
+        if pod.status.phase != "Running":
+            continue
         alloc = pool.allocation(pod.metadata.name)
         for resource in Resource:
             if alloc.of(resource):
