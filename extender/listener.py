@@ -351,6 +351,8 @@ class _Handler(RequestHandler):
         self._listener._drop(self._slot)
 
     def data_received(self, data: bytes) -> None:
+        if self._force_close or self._close:
+            return  # closing: aiohttp drops what still arrives (the rest of a body it refused), and so do we
         slot = self._slot
         listener = self._listener
         if slot.state in (_IDLE, _CONNECTING):
@@ -370,5 +372,7 @@ class _Handler(RequestHandler):
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
-            if not self._messages and not self._force_close:
+            # Idle only if the connection stays open: after a reply that closes it (a refused body), the rest of
+            # that body may still arrive, and it is not the head of a next request.
+            if not self._messages and not self._force_close and getattr(resp, "keep_alive", False):
                 self._listener._answered(self._slot, self._loop.time())
