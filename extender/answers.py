@@ -1,27 +1,32 @@
 """One request shape's memoised answers, node by node, laid out so a reply is built without a Python loop.
 
-Measured in-process at 5,000 names: the first hot path (look each verdict up, then a Python loop splitting
-passed from failed into dicts, then orjson) took about 3 ms for filter. Here each outcome has its own index and
-each failure its pre-encoded JSON member, so filter's reply comes from C-level passes over the request's names
-(`filter(fits.__contains__, names)` keeps the request's order; the members of FailedNodes are joined bytes):
-1.5-2 ms, most of it memory latency, about 100 ns a lookup on a small VM. Prioritize's reply is joined from
-each node's `{"Host":...,"Score":...}` piece, encoded once when its verdict is recorded.
+Each node's verdict is kept as an `Outcome`: interned, so every node and shape with the same words shares one
+object, and a memo entry costs one dict slot (a few tens of bytes), whatever the verdict says. An outcome carries
+what the replies need, precomputed: whether it passes, which list it fails into, its reason as the encoded tail
+of a JSON member (`:"why"`), its score as the encoded tail of a HostPriority (`,"Score":7}`). A reply is then a
+few C-level passes over the request's names: look every outcome up (`map(dict.get, names)`), split the names
+with `itertools.compress`, and join each name's JSON string (`orjson.dumps`) to its outcome's tail.
 
-`ClusterView` records a node's verdict and forgets it in one call each, so an index never disagrees with the
-verdict it came from, and a piece never spells an older score than the verdict beside it.
+The verdict an outcome keeps has no `blocks` and no `detail` (the node's own IDs): those differ from node to
+node, and only logs and bind errors show them, which judge the node again.
+
+`ClusterView` records a node's verdict and forgets it in one call each, so a memo never answers with a verdict
+older than the node state it came from.
 """
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
 from extender.fit import Verdict
 from extender.wire import encode_members
 
-__all__ = ["FilterAnswer", "FilterMemo", "ScoreMemo", "ShapeMemos", "encode_priority_list", "score_piece"]
+__all__ = ["FilterAnswer", "FilterMemo", "Outcome", "ScoreMemo", "encode_priority_list", "outcome", "score_piece"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,74 +70,105 @@ class FilterAnswer:
                 elif verdict.kind == "not_serving":
                     stopped.add(name)
         first = shown.get(True) or shown.get(False)
-        example = _example(*first) if first else ""
+        example = example_of(*first) if first else ""
         failed_members, unresolvable_members = encode_members(failed), encode_members(unresolvable)
         return cls(passed, len(failed), len(unresolvable), len(unknown), failed_members, unresolvable_members, example,
                    len(stopped))  # fmt: skip
 
 
-def _example(name: str, verdict: Verdict) -> str:
+def example_of(name: str, verdict: Verdict) -> str:
     return f"{name}: {verdict.detail or verdict.reason}"
 
 
-def _member(name: str, reason: str) -> bytes:
-    return encode_members({name: reason})
+class Outcome:
+    """A verdict as the replies need it (see the module docstring). Compared by identity: outcomes are
+    interned, and `None in outcomes` must stay a C-level scan."""
+
+    __slots__ = ("failed", "member_tail", "not_serving", "passes", "score_tail", "unknown", "unresolvable", "verdict")
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+        self.passes = verdict.fits
+        self.unresolvable = verdict.kind == "unresolvable"
+        self.failed = not self.passes and not self.unresolvable
+        self.unknown = verdict.kind == "unknown"
+        self.not_serving = verdict.kind == "not_serving"
+        self.member_tail = b":" + orjson.dumps(verdict.reason)
+        self.score_tail = b',"Score":' + orjson.dumps(verdict.score) + b"}"
+
+
+_interned: dict[tuple[str, int, str], Outcome] = {}
+# Distinct (kind, score, reason): a few hundred in a real cluster (one reason per shape and rule, a plugin's
+# not-serving reasons); beyond this the table starts again (outcomes already in memos stay valid).
+_INTERN_LIMIT = 16_384
+
+
+def outcome(verdict: Verdict) -> Outcome:
+    key = (verdict.kind, verdict.score, verdict.reason)
+    found = _interned.get(key)
+    if found is None:
+        if len(_interned) >= _INTERN_LIMIT:
+            _interned.clear()
+        found = _interned[key] = Outcome(Verdict(verdict.kind, verdict.score, verdict.reason))
+    return found
+
+
+_PASSES = operator.attrgetter("passes")
+_FAILED = operator.attrgetter("failed")
+_UNRESOLVABLE = operator.attrgetter("unresolvable")
+_UNKNOWN = operator.attrgetter("unknown")
+_NOT_SERVING = operator.attrgetter("not_serving")
+_MEMBER_TAIL = operator.attrgetter("member_tail")
+_SCORE_TAIL = operator.attrgetter("score_tail")
+_HOST = b'{"Host":'
+
+
+def _members(chosen: dict[str, Outcome]) -> bytes:
+    """`"n1":"why","n2":"why"`: each name as orjson writes a key, then its outcome's tail."""
+    return b",".join(map(operator.add, map(orjson.dumps, chosen), map(_MEMBER_TAIL, chosen.values())))
+
+
+def _split(names: Sequence[str], outcomes: list[Outcome], which: operator.attrgetter[bool]) -> dict[str, Outcome]:
+    """The names (once each, first mention first) whose outcome has `which`, with their outcomes."""
+    return dict(zip(itertools.compress(names, map(which, outcomes)), itertools.compress(outcomes, map(which, outcomes)),
+                    strict=True))  # fmt: skip
 
 
 class FilterMemo:
-    """Unscored verdicts of one request shape, by node, indexed by outcome, failures pre-encoded."""
+    """Unscored outcomes of one request shape, by node."""
+
+    __slots__ = ("outcomes",)
 
     def __init__(self) -> None:
-        self.verdicts: dict[str, Verdict] = {}
-        self._fits: set[str] = set()
-        self._failed: dict[str, bytes] = {}
-        self._unresolvable: dict[str, bytes] = {}
-        self._unknown: set[str] = set()
-        self._not_serving: set[str] = set()
+        self.outcomes: dict[str, Outcome] = {}
 
     def record(self, name: str, verdict: Verdict) -> None:
-        self.forget(name)
-        self.verdicts[name] = verdict
-        if verdict.fits:
-            self._fits.add(name)
-        elif verdict.kind == "unresolvable":
-            self._unresolvable[name] = _member(name, verdict.reason)
-        else:
-            self._failed[name] = _member(name, verdict.reason)
-            if verdict.kind == "unknown":
-                self._unknown.add(name)
-            elif verdict.kind == "not_serving":
-                self._not_serving.add(name)
+        self.outcomes[name] = outcome(verdict)
 
     def forget(self, name: str) -> None:
-        if self.verdicts.pop(name, None) is not None:
-            self._fits.discard(name)
-            self._failed.pop(name, None)
-            self._unresolvable.pop(name, None)
-            self._unknown.discard(name)
-            self._not_serving.discard(name)
+        self.outcomes.pop(name, None)
 
     def answer(self, names: Sequence[str]) -> FilterAnswer | None:
         """The answer for `names`, or None if any of them has no recorded verdict yet."""
-        passed = list(filter(self._fits.__contains__, names))
-        left = len(names) - len(passed)
-        failed = list(filter(self._failed.__contains__, names)) if left else []
-        left -= len(failed)
-        unresolvable = list(filter(self._unresolvable.__contains__, names)) if left else []
-        if left != len(unresolvable):
+        found = list(map(self.outcomes.get, names))
+        if None in found:
             return None
-        # dict.fromkeys: a node named twice is one member, as in any JSON object the general path writes.
-        failed_once, unresolvable_once = dict.fromkeys(failed), dict.fromkeys(unresolvable)
-        example = next(iter(unresolvable_once or failed_once), None)
+        outcomes: list[Outcome] = found  # type: ignore[assignment]  # no None, just checked
+        passed = list(itertools.compress(names, map(_PASSES, outcomes)))
+        if len(passed) == len(names):
+            return FilterAnswer(passed, 0, 0, 0, b"", b"")
+        failed = _split(names, outcomes, _FAILED)
+        unresolvable = _split(names, outcomes, _UNRESOLVABLE)
+        first = next(iter(unresolvable.items() or failed.items()))
         return FilterAnswer(
             passed,
-            len(failed_once),
-            len(unresolvable_once),
-            len(self._unknown.intersection(failed_once)) if self._unknown else 0,
-            b",".join(map(self._failed.__getitem__, failed_once)),
-            b",".join(map(self._unresolvable.__getitem__, unresolvable_once)),
-            "" if example is None else _example(example, self.verdicts[example]),
-            len(self._not_serving.intersection(failed_once)) if self._not_serving else 0,
+            len(failed),
+            len(unresolvable),
+            sum(map(_UNKNOWN, failed.values())),
+            _members(failed),
+            _members(unresolvable),
+            example_of(first[0], first[1].verdict),
+            sum(map(_NOT_SERVING, failed.values())),
         )
 
 
@@ -147,35 +183,23 @@ def encode_priority_list(pieces: Iterable[bytes]) -> bytes:
 
 
 class ScoreMemo:
-    """Scored verdicts of one request shape, by node, each with its encoded prioritize piece."""
+    """Scored outcomes of one request shape, by node."""
+
+    __slots__ = ("outcomes",)
 
     def __init__(self) -> None:
-        self.verdicts: dict[str, Verdict] = {}
-        self._pieces: dict[str, bytes] = {}
+        self.outcomes: dict[str, Outcome] = {}
 
     def record(self, name: str, verdict: Verdict) -> None:
-        self.verdicts[name] = verdict
-        self._pieces[name] = score_piece(name, verdict)
+        self.outcomes[name] = outcome(verdict)
 
     def forget(self, name: str) -> None:
-        self.verdicts.pop(name, None)
-        self._pieces.pop(name, None)
+        self.outcomes.pop(name, None)
 
     def reply(self, names: Sequence[str]) -> bytes | None:
         """The HostPriorityList for `names`, or None if any of them has no recorded verdict yet."""
-        try:
-            return encode_priority_list(map(self._pieces.__getitem__, names))
-        except KeyError:
+        found = list(map(self.outcomes.get, names))
+        if None in found:
             return None
-
-
-@dataclass(slots=True)
-class ShapeMemos:
-    """Both memos of one request shape: filter asks unscored (cheaper), prioritize scored."""
-
-    unscored: FilterMemo = field(default_factory=FilterMemo)
-    scored: ScoreMemo = field(default_factory=ScoreMemo)
-
-    def forget(self, name: str) -> None:
-        self.unscored.forget(name)
-        self.scored.forget(name)
+        heads = map(operator.add, itertools.repeat(_HOST), map(orjson.dumps, names))
+        return b"[" + b",".join(map(operator.add, heads, map(_SCORE_TAIL, found))) + b"]"

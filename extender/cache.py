@@ -8,10 +8,24 @@ node exactly like a bound pod; it is dropped the moment the watch shows the pod,
 failed (`release`), or after `binding_ttl` (never while in flight), and it only ever makes the view more
 conservative.
 
+Admission order (see `extender.fit`): every pod that holds a node's devices has a place in the order kubelet
+admits that node's pods, the order they were bound. A claim takes the next place when it is held (binds to one
+node are serialised by the binder's lock, so that is the order of its POSTs), and keeps it when the watch shows
+the pod. A pod the watch shows bound that no claim named takes the next place as it arrives: one watch delivers
+events in the order etcd committed them, the order kubelet's own watch sees. A full list carries no order: the
+pods it shows that the view did not have are placed after every pod it had (they were bound while the watch
+was not looking), among themselves by the PodScheduled time, and pods of one node it cannot tell apart share a
+place (judged in every order).
+
 Speed: a verdict depends only on (node state, pods bound to it, request shape), so verdicts are memoised per
 request shape, per node (`extender.answers`), and a node's entries are dropped the moment its state or its
-pods change. A reply at 5,000 nodes is then built by C-level passes over the memo; a warmer recomputes dropped
-entries between requests.
+pods change; the free sets its pending pods leave are kept per node too, so a change is predicted once, not
+once per shape. The memo is bounded by entries (`_MEMO_ENTRIES`), not by a count of shapes: a cluster with N
+nodes keeps about `_MEMO_ENTRIES / 2N` shapes warm (100 at 5,000 nodes). Past that, the shape evicted is the
+least used, the newest of those on a tie, so a workload that cycles through more shapes than fit keeps most of
+them warm instead of evicting each just before it returns. A reply at 5,000 nodes is built by C-level passes
+over the memo. A warmer recomputes what changed, and fills a new shape for every node, in slices between the
+requests that read the memo (filter, prioritize): a bind waiting on the API server does not hold it back.
 
 All methods run on the event loop thread; watch threads hand events over with `loop.call_soon_threadsafe`.
 """
@@ -20,15 +34,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, ShapeMemos
-from extender.fit import PendingPod, Verdict, judge_node, not_serving, unknown
+from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, example_of
+from extender.fit import (
+    FreeStates,
+    PendingPod,
+    Verdict,
+    judge_node,
+    judge_states,
+    node_free_states,
+    not_serving,
+    unknown,
+)
 from extender.ratelog import Throttle
 from extender.requests import PodRequest, Shape
 from extender.wire import NodeInfo, PodInfo, WireError, object_key, parse_node, parse_pod
@@ -36,14 +61,19 @@ from neuronalloc import ANNOTATION_PREFIX, NodeState, NodeStateError, decode_nod
 from neuronalloc.nodestate import OBSERVED_AT
 from neuronlog import get_logger
 
-__all__ = ["ClusterView", "active_pending_pod", "state_key"]
+__all__ = ["ClusterView", "holds_devices", "state_key"]
 
 log = get_logger(__name__)
 
 StateKey = tuple[tuple[str, str], ...]
 _Reply = TypeVar("_Reply")
 _MEMO_LIMIT = 50_000  # request-mode memo entries before the memo is cleared (bounded memory, never wrong)
-_RECENT_SHAPES = 16  # request shapes kept warm; a cluster runs a handful of pod sizes
+# Node x shape verdicts memoised in NodeNames mode, filter's and prioritize's together: one dict slot each
+# (outcomes are interned), about 64 MB at most. Shapes kept: this over twice the node count, within these bounds.
+_MEMO_ENTRIES = 1_000_000
+_MIN_SHAPES = 16
+_MAX_SHAPES = 512
+_AGING = 4  # every _AGING x (shapes kept) requests, every shape's use count is halved
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -68,12 +98,16 @@ def _isolated(kind: str, upsert: Callable[[Any], str | None]) -> Callable[[Any],
         try:
             return upsert(doc)
         except Exception as err:
-            suppressed = _throttle.admit(("failed", kind))
-            if suppressed is not None:
-                log.exception("cache.object_failed", kind=kind, error=repr(err)[:300], suppressed=suppressed)
+            _failed(kind, err)
             return None
 
     return guarded
+
+
+def _failed(kind: str, err: Exception) -> None:
+    suppressed = _throttle.admit(("failed", kind))
+    if suppressed is not None:
+        log.exception("cache.object_failed", kind=kind, error=repr(err)[:300], suppressed=suppressed)
 
 
 _VALID_TIME = "<valid>"  # stands for any well-formed observed-at in a state key; no timestamp reads like it
@@ -105,11 +139,37 @@ def _well_formed_time(text: str) -> bool:
     return True
 
 
-def active_pending_pod(pod: PodInfo) -> PendingPod | None:
-    """The pod as a claim on its node's devices, or None if it holds nothing (no Neuron need, or finished)."""
-    if not pod.node_name or pod.phase in _TERMINAL_PHASES or pod.request.empty:
-        return None
-    return PendingPod(pod.key, pod.created, pod.request)
+def holds_devices(pod: PodInfo) -> bool:
+    """Whether the pod counts against its node's devices (bound, asks for Neuron, not finished)."""
+    return bool(pod.node_name) and pod.phase not in _TERMINAL_PHASES and not pod.request.empty
+
+
+def _evidence(pod: PodInfo) -> str:
+    """When the pod was bound, as well as a list tells: the PodScheduled time, else (a pod created with its node
+    set, never bound) its creation time; "" if neither."""
+    return pod.scheduled or pod.created
+
+
+@dataclass(slots=True)
+class _ShapeMemos:
+    """Both memos of one request shape (filter asks unscored, cheaper; prioritize scored), and how it is used."""
+
+    request: PodRequest  # a request of this shape, to judge it with
+    admitted: int  # the request count when it was admitted
+    uses: int = 1
+    unscored: FilterMemo = field(default_factory=FilterMemo)
+    scored: ScoreMemo = field(default_factory=ScoreMemo)
+
+    def forget(self, name: str) -> None:
+        self.unscored.outcomes.pop(name, None)
+        self.scored.outcomes.pop(name, None)
+
+    @property
+    def entries(self) -> int:
+        return len(self.unscored.outcomes) + len(self.scored.outcomes)
+
+
+_MISSING: Any = object()
 
 
 @dataclass
@@ -136,28 +196,33 @@ class ClusterView:
         self._binding_ttl = binding_ttl
         self._nodes: dict[str, _Node] = {}
         self._pod_node: dict[str, str] = {}  # pod key -> node name
-        self._pods_on: dict[str, dict[str, PendingPod]] = {}  # node name -> pod key -> claim
+        self._pods_on: dict[str, dict[str, PendingPod]] = {}  # node name -> pod key -> its claim on the node
         self._pods_version: dict[str, int] = {}  # node name -> bumps when its pod set changes
         self._claims: dict[str, _Claim] = {}  # pod key -> a binding of this replica the watch has not shown yet
         self._claims_on: dict[str, dict[str, _Claim]] = {}  # node -> pod key -> claim
         # Claims that can expire (not in flight), oldest first: expiry pops from the front.
         self._expiring: dict[str, float] = {}
+        self._places = itertools.count(1)  # admission-order places (see the module docstring)
         self._lists: dict[str, int] = {}  # kind -> full lists applied so far
         self._listed = asyncio.Event()
         self._decoded: dict[StateKey, NodeState | str] = {}
         self._request_memo: dict[tuple[StateKey, int, Shape, bool], Verdict] = {}
         self._synced: set[str] = set()
-        # Request shapes seen lately (most recent last) and nodes whose verdicts changed since: the warmer
-        # recomputes those verdicts between requests, so a filter finds them memoised.
-        self._recent: dict[Shape, PodRequest] = {}
-        self._dirty: set[str] = set()
+        # Per node: the free sets its pending pods leave (`extender.fit.node_free_states`), until it changes.
+        self._free: dict[str, FreeStates] = {}
+        # Per request shape, its verdicts by node (most recently admitted last); a node's are dropped from every
+        # shape in one place (`_changed`).
+        self._memos: dict[Shape, _ShapeMemos] = {}
+        self._requests = 0  # filter and prioritize requests answered from the memo, for use counts and aging
+        # The warmer's work: nodes whose verdicts changed (every shape), shapes new to the memo (every node).
+        self._dirty: dict[str, None] = {}
+        self._cold: dict[Shape, Iterator[str]] = {}
         self._wake = asyncio.Event()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_contact = clock()
-        # Per recent shape, its verdicts by node; a node's are dropped from every shape in one place (`_changed`).
-        self._memos: dict[Shape, ShapeMemos] = {}
+        self.judged_in_requests = 0  # verdicts computed while answering a request, not by the warmer
 
     # ---- what the watches feed -------------------------------------------------------------------------
 
@@ -186,7 +251,18 @@ class ClusterView:
             self._changed(name)
 
     def replace_pods(self, docs: Iterable[Any]) -> None:
-        self._replace("pods", docs, self.upsert_pod, self._pod_node, self.delete_pod)
+        """A full list of pods. The ones the view did not have as bound where the list shows them are placed in
+        the admission order after every pod it had (see the module docstring)."""
+        self.touch()
+        pods = [pod for pod in map(self._parse_pod, docs) if pod is not None]
+        places = self._places_of_new([pod for pod in pods if holds_devices(pod) and self._unplaced(pod)])
+        seen = set()
+        for pod in pods:
+            seen.add(pod.key)
+            _isolated("pods", lambda p: self._upsert_parsed(p, places.get(p.key)))(pod)
+        for key in set(self._pod_node) - seen:
+            self.delete_pod(key)
+        self.mark_synced("pods")
 
     def _replace(
         self,
@@ -202,28 +278,77 @@ class ClusterView:
             delete(key)
         self.mark_synced(kind)
 
+    def _places_of_new(self, pods: list[PodInfo]) -> dict[str, int]:
+        """Places for pods a list shows bound that the view did not know: per node, by the PodScheduled time
+        (to the second), pods it cannot tell apart sharing one place; a node with a pod that has no evidence at
+        all has every such pod in one place."""
+        by_node: dict[str, list[PodInfo]] = {}
+        for pod in pods:
+            by_node.setdefault(pod.node_name, []).append(pod)
+        places: dict[str, int] = {}
+        for on_node in by_node.values():
+            if not all(map(_evidence, on_node)):
+                place = next(self._places)
+                places.update((pod.key, place) for pod in on_node)
+                continue
+            on_node.sort(key=lambda pod: (_evidence(pod), pod.key))
+            for _, tied in itertools.groupby(on_node, key=_evidence):
+                place = next(self._places)
+                places.update((pod.key, place) for pod in tied)
+        return places
+
+    def _unplaced(self, pod: PodInfo) -> bool:
+        """Whether the pod needs a place: the view has it neither bound there nor as a claim there."""
+        if pod.key in self._pods_on.get(pod.node_name, {}):
+            return False
+        claim = self._claims.get(pod.key)
+        return claim is None or claim.node != pod.node_name
+
     def upsert_pod(self, doc: Any) -> str | None:
+        pod = self._parse_pod(doc)
+        return None if pod is None else self._upsert_parsed(pod)
+
+    def _parse_pod(self, doc: Any) -> PodInfo | None:
+        """The pod, or None when it is malformed (logged, skipped: one object never stops a list or a watch)."""
         self.touch()
         try:
-            pod = parse_pod(doc)
+            return parse_pod(doc)
         except WireError as err:
             _rejected("pods", err)
-            return None
-        if pod.node_name and pod.key in self._claims:
-            self._drop_claim(pod.key)  # the watch carries it from here (on whichever node it shows)
-        claim = active_pending_pod(pod)
-        if claim is None:
-            self.delete_pod(pod.key)
-            return pod.key
-        old_node = self._pod_node.get(pod.key)
-        if old_node == pod.node_name and self._pods_on.get(pod.node_name, {}).get(pod.key) == claim:
-            return pod.key
+        except Exception as err:
+            _failed("pods", err)
+        return None
+
+    def _upsert_parsed(self, pod: PodInfo, place: int | None = None) -> str:
+        key, node = pod.key, pod.node_name
+        claim = self._claims.get(key) if node else None
+        if not holds_devices(pod):
+            if claim is not None:
+                self._drop_claim(key)
+            self.delete_pod(key)
+            return key
+        old_node = self._pod_node.get(key)
+        known = self._pods_on.get(node, {}).get(key) if old_node == node else None
+        if known is not None and known.request == pod.request:
+            if claim is not None:
+                self._drop_claim(key)
+            return key  # the same pod in the same place: nothing changed
+        if claim is not None and claim.node == node and claim.pod.request == pod.request and old_node is None:
+            # The watch shows this replica's own binding: the same claim, in the same place, now carried by the
+            # watch. The node's pending pods are unchanged, and so are its verdicts.
+            self._drop_claim(key, changed=False)
+            self._pod_node[key] = node
+            self._pods_on.setdefault(node, {})[key] = claim.pod
+            return key
+        if claim is not None:
+            self._drop_claim(key)  # the watch carries it from here (on whichever node it shows)
         if old_node is not None:
-            self._unlink(pod.key, old_node)
-        self._pod_node[pod.key] = pod.node_name
-        self._pods_on.setdefault(pod.node_name, {})[pod.key] = claim
-        self._bump_pods(pod.node_name)
-        return pod.key
+            self._unlink(key, old_node)
+        self._pod_node[key] = node
+        self._pods_on.setdefault(node, {})[key] = PendingPod(key, next(self._places) if place is None else place,
+                                                             pod.request)  # fmt: skip
+        self._bump_pods(node)
+        return key
 
     def delete_pod(self, key: str) -> None:
         self.touch()
@@ -236,8 +361,9 @@ class ClusterView:
     # ---- this replica's bindings (see the module docstring) --------------------------------------------
 
     def hold(self, pod: PodInfo, node: str) -> None:
-        """A Binding POST for `pod` to `node` is about to be sent: count it against the node from now on."""
-        self._set_claim(pod.key, _Claim(node, PendingPod(pod.key, pod.created, pod.request), IN_FLIGHT, 0.0))
+        """A Binding POST for `pod` to `node` is about to be sent: count it against the node from now on, in the
+        next place of the admission order."""
+        self._set_claim(pod.key, _Claim(node, PendingPod(pod.key, next(self._places), pod.request), IN_FLIGHT, 0.0))
 
     def confirm(self, key: str) -> None:
         """The Binding POST succeeded: keep counting it until the watch shows the pod (or `binding_ttl`)."""
@@ -294,14 +420,15 @@ class ClusterView:
         self._expiring.pop(key, None)
         self._expiring[key] = claim.at  # to the back: the order stays oldest first
 
-    def _drop_claim(self, key: str) -> None:
+    def _drop_claim(self, key: str, *, changed: bool = True) -> None:
         claim = self._claims.pop(key)
         self._expiring.pop(key, None)
         on_node = self._claims_on[claim.node]
         del on_node[key]
         if not on_node:
             del self._claims_on[claim.node]
-        self._bump_pods(claim.node)
+        if changed:
+            self._bump_pods(claim.node)
 
     def apply(self, kind: str, event_type: str, objects: tuple[Any, ...]) -> None:
         """One reflector event: SYNC (a full list), ADDED / MODIFIED / DELETED, or CONTACT."""
@@ -354,8 +481,18 @@ class ClusterView:
 
     @property
     def warm_backlog(self) -> int:
-        """Nodes whose verdicts for recent request shapes are still to be recomputed."""
-        return len(self._dirty)
+        """Nodes whose verdicts are still to be recomputed, plus shapes still to be filled for every node."""
+        return len(self._dirty) + len(self._cold)
+
+    @property
+    def memo_entries(self) -> int:
+        """Node x shape verdicts memoised (filter's and prioritize's)."""
+        return sum(memos.entries for memos in self._memos.values())
+
+    @property
+    def shapes_kept(self) -> int:
+        """How many request shapes the memo keeps at this cluster size (see `_MEMO_ENTRIES`)."""
+        return max(_MIN_SHAPES, min(_MAX_SHAPES, _MEMO_ENTRIES // (2 * max(1, len(self._nodes)))))
 
     def staleness_seconds(self) -> float:
         """Seconds since the API server was last heard from."""
@@ -364,10 +501,15 @@ class ClusterView:
     def filter_answer(self, names: Sequence[str], request: PodRequest) -> FilterAnswer:
         """NodeNames mode: filter's answer for `names`, from the memo; only nodes not judged yet cost Python."""
         memo = self._memos_for(request, note=True).unscored
-        return self._read_filled(memo, memo.answer, names, request, scored=False)
+        answer = self._read_filled(memo, memo.answer, names, request, scored=False)
+        if not answer.passed and answer.example:
+            # The memo keeps no node's specifics: the one node the log shows is judged again, with them.
+            name = answer.example.split(": ", 1)[0]
+            answer = dataclasses.replace(answer, example=example_of(name, self._judge_cached(name, request, False)))
+        return answer
 
     def priority_reply(self, names: Sequence[str], request: PodRequest) -> bytes:
-        """NodeNames mode: prioritize's HostPriorityList for `names`, joined from memoised pieces."""
+        """NodeNames mode: prioritize's HostPriorityList for `names`, from the memo."""
         memo = self._memos_for(request, note=True).scored
         return self._read_filled(memo, memo.reply, names, request, scored=True)
 
@@ -380,47 +522,64 @@ class ClusterView:
         *,
         scored: bool,
     ) -> _Reply:
-        """`read(names)`, after judging the names the memo lacks (`read` gives None while any is missing)."""
+        """`read(names)`, after judging the names the memo lacks (`read` gives None while any is missing). Names
+        the view has no node for are judged for this request only: a request naming made-up nodes must not grow
+        the memo."""
         found = read(names)
-        if found is None:
-            for name in set(names) - memo.verdicts.keys():
+        if found is not None:
+            return found
+        missing = set(names) - memo.outcomes.keys()
+        self.judged_in_requests += len(missing)
+        ghosts = missing - self._nodes.keys()
+        for name in missing - ghosts:
+            memo.record(name, self._judge_cached(name, request, scored))
+        if ghosts:
+            memo = type(memo)()
+            memo.outcomes = {**read.__self__.outcomes}  # type: ignore[attr-defined]
+            for name in ghosts:
                 memo.record(name, self._judge_cached(name, request, scored))
-            found = read(names)
-            assert found is not None, "every name was just judged"
+            read = memo.answer if isinstance(memo, FilterMemo) else memo.reply  # type: ignore[assignment]
+        found = read(names)
+        assert found is not None, "every name was just judged"
         return found
 
     def remembers_shape(self, request: PodRequest) -> bool:
-        """Whether verdicts for this request shape are memoised (it is among the recent shapes)."""
+        """Whether verdicts for this request shape are memoised."""
         return request.shape in self._memos
 
-    def _memos_for(self, request: PodRequest, *, note: bool) -> ShapeMemos:
-        # The warmer asks with note=False: its work must not reorder the recent shapes.
-        if note:
-            self._note_shape(request)
+    def _memos_for(self, request: PodRequest, *, note: bool) -> _ShapeMemos:
+        # The warmer asks with note=False: its work must not count as use of a shape.
         self.expire_remembered()
         memos = self._memos.get(request.shape)
+        if note:
+            self._requests += 1
+            if self._requests % (_AGING * self.shapes_kept) == 0:
+                for kept in self._memos.values():
+                    kept.uses //= 2
         if memos is None:
-            memos = self._memos[request.shape] = ShapeMemos()
+            memos = self._admit_shape(request)
+        elif note:
+            memos.uses += 1
         return memos
 
-    def _note_shape(self, request: PodRequest) -> None:
-        shape = request.shape
-        if shape in self._recent:
-            self._recent[shape] = self._recent.pop(shape)
-            return
-        self._recent[shape] = request
-        if len(self._recent) > _RECENT_SHAPES:
-            oldest = next(iter(self._recent))
-            del self._recent[oldest]
-            self._memos.pop(oldest, None)
-        # A new shape: have the warmer fill it in for every node, so the next pod like this one is fast.
-        self._dirty.update(self._nodes)
+    def _admit_shape(self, request: PodRequest) -> _ShapeMemos:
+        """A shape new to the memo: room is made (see the module docstring), and the warmer fills it in for
+        every node, so the next pod like this one finds it warm."""
+        room = self.shapes_kept
+        while len(self._memos) >= room:
+            victim = min(self._memos, key=lambda shape: (self._memos[shape].uses, -self._memos[shape].admitted))
+            del self._memos[victim]
+            self._cold.pop(victim, None)
+        memos = self._memos[request.shape] = _ShapeMemos(request, self._requests)
+        self._cold[request.shape] = iter(list(self._nodes))
         self._wake.set()
+        return memos
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:
-        """Marks a request being answered. The warmer yields to requests, never the reverse: it starts no
-        slice while one is in flight, even while that request awaits its body or the client."""
+        """Marks a request that reads the memo (filter, prioritize) being answered: the warmer starts no slice
+        while one is, and yields to it between slices. Binds are not marked: a bind waits on the API server for
+        milliseconds, and the warmer's slices fit in between."""
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -431,40 +590,59 @@ class ClusterView:
                 self._idle.set()
 
     async def warm_forever(self, slice_seconds: float = 0.0005) -> None:
-        """Recompute the verdicts of recent shapes on nodes that changed, between requests, in slices short
-        enough that a request arriving mid-slice waits at most `slice_seconds`."""
+        """Recompute the verdicts of kept shapes on nodes that changed, and fill new shapes, in slices short
+        enough that a request arriving mid-slice waits at most `slice_seconds`; between slices every callback
+        that is ready (a request's bytes, a watch event) runs first."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._dirty:
+            while self._dirty or self._cold:
                 await self._idle.wait()
                 self._warm_slice(slice_seconds)
                 await asyncio.sleep(0)
 
     def _warm_slice(self, budget: float) -> None:
         deadline = time.perf_counter() + budget
-        shapes = list(self._recent.values())
         while self._dirty:
-            name = self._dirty.pop()
-            if name not in self._nodes:
-                continue
-            for request in shapes:
-                # Filter asks about every node; prioritize only about those that pass.
-                if self.verdict(name, request, scored=False).fits:
-                    self.verdict(name, request, scored=True)
-                if time.perf_counter() > deadline:
-                    self._dirty.add(name)  # its other shapes next slice; the ones done are memoised
-                    return
+            name = next(iter(self._dirty))
+            if name in self._nodes:
+                for memos in list(self._memos.values()):
+                    self._warm(name, memos)
+                    if time.perf_counter() > deadline:
+                        return  # the shapes done are memoised; the rest next slice
+            del self._dirty[name]
+        while self._cold:
+            shape, names = next(iter(self._cold.items()))
+            memos = self._memos[shape]
+            for name in names:
+                if name in self._nodes:
+                    self._warm(name, memos)
+                    if time.perf_counter() > deadline:
+                        return
+            del self._cold[shape]
+
+    def _warm(self, name: str, memos: _ShapeMemos) -> None:
+        # Filter asks about every node; prioritize only about those that pass.
+        found = memos.unscored.outcomes.get(name)
+        if found is None:
+            verdict = self._judge_cached(name, memos.request, False)
+            memos.unscored.record(name, verdict)
+            fits = verdict.fits
+        else:
+            fits = found.passes
+        if fits and name not in memos.scored.outcomes:
+            memos.scored.record(name, self._judge_cached(name, memos.request, True))
 
     def verdict(self, name: str, request: PodRequest, *, scored: bool = True) -> Verdict:
-        """NodeNames mode: the verdict from the cached node state (unscored is cheaper, for filter)."""
+        """NodeNames mode: the verdict from the cached node state (unscored is cheaper, for filter), as the memo
+        keeps it (no blocks, no detail)."""
         memos = self._memos_for(request, note=False)
         memo = memos.scored if scored else memos.unscored
-        found = memo.verdicts.get(name)
+        found = memo.outcomes.get(name)
         if found is None:
-            found = self._judge_cached(name, request, scored)
-            memo.record(name, found)
-        return found
+            memo.record(name, self._judge_cached(name, request, scored))
+            found = memo.outcomes[name]
+        return found.verdict
 
     def _judge_cached(self, name: str, request: PodRequest, scored: bool) -> Verdict:
         entry = self._nodes.get(name)
@@ -480,7 +658,12 @@ class ClusterView:
         found = self._request_memo.get(memo_key)
         if found is None:
             state, problem = self._decode(key, node.annotations)
-            found = self._judge(node.name, state, problem, request, scored)
+            if state is None:
+                found = unknown(problem)
+            elif not state.serving:
+                found = not_serving(state.not_serving_reason)
+            else:
+                found = judge_node(state, self.pending_on(node.name), request, scored=scored)
             if len(self._request_memo) >= _MEMO_LIMIT:
                 self._request_memo.clear()
             self._request_memo[memo_key] = found
@@ -502,8 +685,10 @@ class ClusterView:
         left out (a retried bind must not count itself). Unmemoised, with the node's specifics in `detail`:
         its cost is the node's unpublished pods, never the cluster's."""
         self.expire_remembered()
-        pending = [p for p in self.pending_on(name) if p.key != pod.key]
-        return judge_node(state, pending, pod.request, scored=False)
+        pending = self.pending_on(name)
+        if all(p.key != pod.key for p in pending) and self._nodes.get(name, _MISSING_NODE).state is state:
+            return judge_states(state.topology, self._free_states(name, state), pod.request, scored=False)
+        return judge_node(state, [p for p in pending if p.key != pod.key], pod.request, scored=False)
 
     def with_remembered(self, node: str, known: Mapping[str, PendingPod]) -> tuple[PendingPod, ...]:
         """The `known` claims on the node (pod key -> claim), then this replica's bindings to it that `known`
@@ -517,7 +702,14 @@ class ClusterView:
             return unknown(problem)
         if not state.serving:
             return not_serving(state.not_serving_reason)
-        return judge_node(state, self.pending_on(name), request, scored=scored)
+        return judge_states(state.topology, self._free_states(name, state), request, scored=scored)
+
+    def _free_states(self, name: str, state: NodeState) -> FreeStates:
+        """The free sets the node may have once its pending pods are admitted, predicted once per change."""
+        found = self._free.get(name, _MISSING)
+        if found is _MISSING:
+            found = self._free[name] = node_free_states(state, self.pending_on(name))
+        return found  # type: ignore[no-any-return]
 
     def _decode(self, key: StateKey, annotations: Mapping[str, str]) -> tuple[NodeState | None, str]:
         """The state `annotations` describe, memoised by `key` (`state_key` of them): two states that differ
@@ -549,10 +741,11 @@ class ClusterView:
 
     def _changed(self, node: str) -> None:
         """The node's state or pods changed: forget its verdicts, and have the warmer recompute them."""
+        self._free.pop(node, None)
         for memos in self._memos.values():
             memos.forget(node)
-        if self._recent:
-            self._dirty.add(node)
+        if self._memos:
+            self._dirty[node] = None
             self._wake.set()
 
     def expire_remembered(self) -> None:
@@ -569,3 +762,6 @@ class ClusterView:
                 rule="the pod watch did not show this binding within the ttl",
             )  # fmt: skip
             self._drop_claim(key)
+
+
+_MISSING_NODE = _Node((), None, "")

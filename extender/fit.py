@@ -2,15 +2,24 @@
 
 The node's annotations say what was free when the plugin last read kubelet; pods bound since then are not in
 that state yet. Their blocks are predicted with the very allocator the plugin will run (`neuronalloc.allocate`),
-oldest first, and taken out of the free sets. Then the pod is placed container by container, again with the
-plugin's allocator, exactly as kubelet will ask for it.
+in the order kubelet admits them, and taken out of the free sets. Then the pod is placed container by container,
+again with the plugin's allocator, exactly as kubelet will ask for it.
+
+Admission order: kubelet's pod source hands it each binding to its node as it happens, one pod per ADD, and the
+device manager allocates at admission, so pods are admitted in the order they were bound (a batch of several,
+as at kubelet's start, is admitted oldest first, but bindings arrive one by one). Each pending pod carries its
+place in that order (`PendingPod.order`, assigned by `extender.cache`); pods with the same place are pods whose
+order is not known (a full list, where the evidence is the PodScheduled time to the second), and a pod fits only
+if it fits whatever order they are admitted in (`free_after`): up to `MAX_ORDERS` orders, above which the node
+is refused until its plugin publishes them.
 
 Verdicts:
 - fit: every block found; score 0..10 from `neuronalloc.fit_score` (size-weighted over the pod's blocks),
   taken with `block_fit_score` on the blocks already placed.
 - unresolvable: the pod could not be placed even on this node with every device free (a trn device count
   outside 1/4/8/16, or more than the node has). Preemption cannot help: FailedAndUnresolvableNodes.
-- no_block: the node is only too full or too fragmented now: FailedNodes.
+- no_block: the node is only too full or too fragmented now (or holds too many pods bound in an unknown order):
+  FailedNodes.
 - unknown: the node's state annotations are missing or garbled: FailedNodes, with the reason.
 - not_serving: the node's plugin says it cannot serve kubelet now (restarting, kubelet restarted, stopping): a
   pod bound there would fail admission. FailedNodes, with the plugin's reason.
@@ -18,6 +27,8 @@ Verdicts:
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -37,13 +48,17 @@ from neuronalloc import (
 
 __all__ = [
     "FITS",
+    "MAX_ORDERS",
     "Free",
+    "FreeStates",
     "PendingPod",
     "Verdict",
     "VerdictKind",
-    "account_pending",
+    "free_after",
     "judge",
     "judge_node",
+    "judge_states",
+    "node_free_states",
     "not_serving",
     "unknown",
 ]
@@ -57,6 +72,10 @@ class Free:
 
     devices: frozenset[int]
     cores: frozenset[int]
+
+    def __hash__(self) -> int:
+        # Both frozensets cache their own hash; this is a memo key on every judged verdict.
+        return hash((self.devices, self.cores))
 
     @classmethod
     def everything(cls, topo: Topology) -> Free:
@@ -79,7 +98,7 @@ class PendingPod:
     """A pod bound to the node whose block the node's published state does not include yet."""
 
     key: str  # "namespace/name"
-    created: str  # RFC 3339; oldest is predicted first, as kubelet admits them in arrival order
+    order: int  # its place in the order kubelet admits the node's pods (bind order); equal places: not known
     request: PodRequest
 
 
@@ -245,22 +264,72 @@ def judge(topo: Topology, free: Free, request: PodRequest, *, scored: bool = Tru
     return Verdict(found.kind, 0, reason, detail=refusal.message)
 
 
-def account_pending(topo: Topology, free: Free, pending: Iterable[PendingPod]) -> Free:
-    """The free sets left after the predicted blocks of bound-but-unpublished pods, oldest first. A pod whose
-    block cannot be predicted takes nothing: the node will refuse it at admission."""
-    for pod in sorted(pending, key=lambda p: (p.created, p.key)):
-        kept = tuple(step for step in pod.request.shape if step[2])
-        result = _place(topo, free, kept)
-        if not isinstance(result, _Failed):
-            free = result.free_after
-    return free
+# More orders than this among a node's bound-but-unpublished pods, and the node is refused until its plugin
+# publishes them (4 pods bound in the same second, seen only in a list): judging it would cost too much, and a
+# node that cannot be judged is refused, never guessed free.
+MAX_ORDERS = 24
+UNORDERED = (
+    "pods bound to this node in an order the extender cannot tell (seen in one list, bound in the same second) "
+    "are not published by its device plugin yet"
+)
+
+# The free sets a node may have once its pending pods are admitted: one per order they may be admitted in
+# (deduplicated; the first is the order of the evidence), or None when there are more than MAX_ORDERS orders.
+FreeStates = tuple[Free, ...] | None
+
+
+@lru_cache(maxsize=65_536)
+def _admit(topo: Topology, free: Free, kept: Shape) -> Free:
+    """The free sets after kubelet admits a pod whose kept blocks are `kept`; a pod whose block cannot be
+    predicted takes nothing (the node will refuse it at admission)."""
+    result = _place(topo, free, kept)
+    return free if isinstance(result, _Failed) else result.free_after
+
+
+def free_after(topo: Topology, free: Free, pending: Iterable[PendingPod]) -> FreeStates:
+    """The free sets after `pending` are admitted in their order (`PendingPod.order`, ties in every order)."""
+    ranked = sorted(pending, key=lambda p: (p.order, p.key))
+    if not ranked:
+        return (free,)
+    groups = [tuple(group) for _, group in itertools.groupby(ranked, key=lambda p: p.order)]
+    if math.prod(math.factorial(len(group)) for group in groups) > MAX_ORDERS:
+        return None
+    states: dict[Free, None] = {free: None}
+    for group in groups:
+        reached: dict[Free, None] = {}
+        for start in states:
+            for order in itertools.permutations(group) if len(group) > 1 else (group,):
+                after = start
+                for pod in order:
+                    after = _admit(topo, after, tuple(step for step in pod.request.shape if step[2]))
+                reached[after] = None
+        states = reached
+    return tuple(states)
+
+
+def node_free_states(state: NodeState, pending: Iterable[PendingPod]) -> FreeStates:
+    """`free_after` from the node's published free sets, for the pending pods its state does not account for."""
+    accounted = state.pods
+    free = Free(frozenset(state.free_devices), frozenset(state.free_cores))
+    return free_after(state.topology, free, [p for p in pending if p.key not in accounted])
+
+
+def judge_states(topo: Topology, states: FreeStates, request: PodRequest, *, scored: bool = True) -> Verdict:
+    """The verdict on a node that may have any of `states` free: it fits only if it fits in every one (the
+    lowest score; the blocks of the first). None (too many orders to judge): refused."""
+    if states is None:
+        return Verdict("no_block", 0, UNORDERED) if request.shape else FITS
+    if len(states) == 1:
+        return judge(topo, states[0], request, scored=scored)
+    verdicts = [judge(topo, free, request, scored=scored) for free in states]
+    refused = next((v for v in verdicts if not v.fits), None)
+    if refused is not None:
+        return refused
+    if not scored:
+        return FITS
+    return Verdict("fit", min(v.score for v in verdicts), "", verdicts[0].blocks)
 
 
 def judge_node(state: NodeState, pending: Iterable[PendingPod], request: PodRequest, *, scored: bool = True) -> Verdict:
     """The verdict for `request` on a node whose published state is `state`, with `pending` bound to it."""
-    accounted = state.pods
-    unaccounted = [p for p in pending if p.key not in accounted]
-    free = account_pending(
-        state.topology, Free(frozenset(state.free_devices), frozenset(state.free_cores)), unaccounted
-    )
-    return judge(state.topology, free, request, scored=scored)
+    return judge_states(state.topology, node_free_states(state, pending), request, scored=scored)

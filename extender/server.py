@@ -50,6 +50,7 @@ log = get_logger(__name__)
 
 _JSON = "application/json"
 _VERBS = {f"/{verb}": verb for verb in VERBS}
+_READS_MEMO = frozenset({"filter", "prioritize"})
 # A body the parser could not read (a malformed chunk, a connection cut mid-body).
 _UNREADABLE_BODY = (RequestPayloadError, ConnectionError)
 _STANDALONE = (
@@ -251,7 +252,9 @@ def build_app(
         result = "ok"
         reservation: Reservation | None = None
         try:
-            with view.serving():
+            # Filter and prioritize read the memo: the warmer yields to them. Not to binds, which wait on the API
+            # server far longer than they use the loop.
+            with view.serving() if verb in _READS_MEMO else contextlib.nullcontext():
                 if verb is not None and request.method == "POST":
                     request["body"], reservation = await read_body(request, verb)
                 async with asyncio.timeout(settings.handler_timeout):

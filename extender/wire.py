@@ -67,6 +67,9 @@ class PodInfo:
     phase: str  # status.phase, "" if absent
     request: PodRequest
     scheduler_name: str = "default-scheduler"  # spec.schedulerName, defaulted as the API server does
+    # When the API server bound it: the PodScheduled condition's lastTransitionTime once True (the binding sets
+    # it in the same write as spec.nodeName), to the second; "" if absent.
+    scheduled: str = ""
 
     @property
     def key(self) -> str:
@@ -202,7 +205,23 @@ def parse_pod(doc: Any, path: str = "Pod") -> PodInfo:
         phase=_string(status.get("phase"), f"{path}.status.phase"),
         request=request,
         scheduler_name=_string(spec.get("schedulerName"), f"{path}.spec.schedulerName") or "default-scheduler",
+        scheduled=_scheduled(status.get("conditions")),
     )
+
+
+def _scheduled(value: Any) -> str:
+    """The lastTransitionTime of a True PodScheduled condition, or "" (also for conditions that are not shaped
+    as the API server writes them: this is evidence of order, never a reason to skip the pod). Conditions are one
+    per type, a handful; only the first 64 are read."""
+    if not isinstance(value, list):
+        return ""
+    for condition in value[:64]:
+        if not isinstance(condition, dict):
+            continue
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
+            when = condition.get("lastTransitionTime")
+            return when if isinstance(when, str) and len(when) <= 64 else ""
+    return ""
 
 
 def parse_node(doc: Any, path: str = "Node") -> NodeInfo:

@@ -149,12 +149,17 @@ def test_pieces_follow_a_pod_bound_to_the_node(extender: Served) -> None:
     assert extender.replies() == before
 
 
-def test_pieces_of_an_evicted_shape_are_dropped_and_rebuilt(extender: Served) -> None:
+def test_pieces_of_an_evicted_shape_are_dropped_and_rebuilt(extender: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    import extender.cache as cache
+
+    monkeypatch.setattr(cache, "_MIN_SHAPES", 1)
+    monkeypatch.setattr(cache, "_MAX_SHAPES", 4)  # room for four shapes' memos
     extender.replies()
     shape = parse_extender_args(names_args(POD, NAMES)).pod.request
     assert extender.view.remembers_shape(shape), "the first requests left a memo"
-    # Seventeen other shapes push this one out of the recent shapes, and its memo and pieces with it.
+    # Other shapes, each asked more often, push this one out of the memo, and its outcomes with it.
     for size in range(1, 18):
+        extender.replies(pod_doc("other", containers=[container("a", neuron=2), container("b", cores=size)]))
         extender.replies(pod_doc("other", containers=[container("a", neuron=2), container("b", cores=size)]))
     assert not extender.view.remembers_shape(shape)
     extender.apply("nodes", "MODIFIED", node_doc("roomy", node_state("inf1.24xlarge", used_devices={0, 2, 4})))

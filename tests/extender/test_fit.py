@@ -153,7 +153,7 @@ def test_devices_and_cores_share_hardware() -> None:
 
 def test_bound_pods_not_yet_published_are_taken_out_first() -> None:
     state = node_state("inf1.6xlarge", used_devices=[0, 1])
-    pending = PendingPod("ml/earlier", "2026-11-22T02:00:00Z", single(Resource.NEURON, 2))
+    pending = PendingPod("ml/earlier", 1, single(Resource.NEURON, 2))
     assert judge_node(state, [], single(Resource.NEURON, 2)).fits
     assert judge_node(state, [pending], single(Resource.NEURON, 2)).kind == "no_block"
     # Once the plugin publishes it, the state already accounts for it: it must not be taken twice.
@@ -165,13 +165,24 @@ def test_bound_pods_not_yet_published_are_taken_out_first() -> None:
     assert judge_node(halves, [pending], single(Resource.NEURON, 2)).fits
 
 
-def test_pending_pods_are_predicted_oldest_first() -> None:
+def test_pending_pods_are_predicted_in_the_order_they_were_bound() -> None:
     state = node_state("inf1.24xlarge", used_devices=range(4, 16))  # 0-3 free
-    old = PendingPod("a/old", "2026-11-22T01:00:00Z", single(Resource.NEURON, 3))
-    new = PendingPod("a/new", "2026-11-22T02:00:00Z", single(Resource.NEURON, 2))
-    # The old pod takes 3 of the 4; the new one cannot be predicted (the node will refuse it) and takes nothing.
-    assert judge_node(state, [new, old], single(Resource.NEURON, 1)).fits
-    assert judge_node(state, [new, old], single(Resource.NEURON, 2)).kind == "no_block"
+    first = PendingPod("a/bound-first", 1, single(Resource.NEURON, 3))
+    second = PendingPod("a/bound-second", 2, single(Resource.NEURON, 2))
+    # The first takes 3 of the 4; the second cannot be placed (the node will refuse it) and takes nothing.
+    assert judge_node(state, [second, first], single(Resource.NEURON, 1)).fits
+    assert judge_node(state, [second, first], single(Resource.NEURON, 2)).kind == "no_block"
+    # Bound the other way round, the 2 go first and leave 2 free: a pod of 2 fits, none of 3.
+    swapped = [PendingPod(first.key, 2, first.request), PendingPod(second.key, 1, second.request)]
+    assert judge_node(state, swapped, single(Resource.NEURON, 2)).fits
+
+
+def test_pods_of_unknown_order_must_leave_room_in_every_order() -> None:
+    state = node_state("inf1.24xlarge", used_devices=range(4, 16))  # 0-3 free
+    tied = [PendingPod("a/x", 5, single(Resource.NEURON, 3)), PendingPod("a/y", 5, single(Resource.NEURON, 2))]
+    # x first: 1 left; y first: 2 left. A pod of 2 fits only in one of them.
+    assert judge_node(state, tied, single(Resource.NEURON, 1)).fits
+    assert judge_node(state, tied, single(Resource.NEURON, 2)).kind == "no_block"
 
 
 def test_best_fit_scores_highest() -> None:
