@@ -31,11 +31,12 @@ Printed per run:
              inside it, binds are not; they run in goroutines): pods/s cannot exceed 1000 / cycle
   filter / prioritize / bind  the extender's mean ms per request, from its own `/metrics` histograms
   bad        predicted grants that are not one valid block or that overlap another grant or a held ID: each
-             node's bound pods placed with the extender's own prediction (`extender.fit.judge_node`, then
-             `neuronalloc.check_block`); a pod for which no block is left counts too (kubelet would refuse it or
-             hand it a scattered set). No kubelet admits anything here: this is the plan the binds imply, with
-             the pods placed oldest first as the extender predicts them (`bad`) and in the order they were bound
-             (`bad*`), the order kubelet admits pods that reach it one by one
+             node's bound pods placed with the plugin's allocator through the extender's prediction
+             (`extender.fit.judge_node`, then `neuronalloc.check_block`) in the order they were bound, the order
+             kubelet admits pods that reach it one by one (and the extender predicts); a pod for which no block is
+             left counts too (kubelet would refuse it). No kubelet admits anything here: this is the plan the
+             binds imply. `bad*`: the same, the pods placed oldest first, as kubelet admits pods it receives in
+             one batch (after its restart): for reference, not a goal
   cores      mean CPU cores used by kube-apiserver, etcd, kube-scheduler and the extender between the first and
              the last bind, and by the whole machine (`all`, others' work included)
 With `--api-detail`, the scheduler's cycle and attempt times, and the API server's own mean time per (verb,
@@ -43,8 +44,11 @@ resource) during each run, from its metrics. A summary at the end gives each fig
 
 Extra extender flags go through `--extender-arg=--flag=value` (repeatable); `--extender-launcher` prefixes its
 command (for example `"python -m cProfile -o /tmp/x.prof"`), and `--py-spy DIR` samples it with py-spy during
-every run of ours (`--py-spy-args=--gil` for where its Python time goes). The extender's URL and TLS come from
-the harness, whatever it starts the extender with.
+every run of ours (`--py-spy-args=--gil` for where its Python time goes). `--loop-lag` runs the extender under
+`bench/looplag.py` and prints how late its event loop ran a ready callback during each run of ours (mean, max,
+share of samples over 1 / 5 / 20 ms); `--extender-tree DIR` serves the extender from another source tree (an
+older commit), for before/after figures on the same bench. The extender's URL and TLS come from the harness,
+whatever it starts the extender with.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import looplag
 from extender.fit import PendingPod, judge_node
 from extender.wire import PodInfo, parse_pod
 from neuronalloc import (
@@ -500,8 +505,9 @@ class PlanCheck:
 
 
 def check_plan(nodes: dict[str, BenchNode], docs: Sequence[Any], order: dict[str, float] | None) -> PlanCheck:
-    """Place each node's bound pods and check every grant: oldest first as the extender predicts them (`order`
-    None), or in the order given (pod name -> when it was bound: the order kubelet would admit them)."""
+    """Place each node's bound pods and check every grant: in the order given (pod name -> when it was bound:
+    the order kubelet admits pods that reach it one by one, which the extender predicts), or oldest first
+    (`order` None: how kubelet admits pods it receives in one batch, as after its restart)."""
     result = PlanCheck()
     by_node: dict[str, list[PodInfo]] = defaultdict(list)
     for doc in docs:
@@ -516,9 +522,9 @@ def check_plan(nodes: dict[str, BenchNode], docs: Sequence[Any], order: dict[str
         ranked = sorted(pods, key=lambda p: (p.created, p.key) if order is None else (order.get(p.name, 0.0), p.key))
         for pod in ranked:
             result.checked += 1
-            # `before` placed in the chosen order: their `created` is their rank, so the extender keeps it.
+            # `before` placed in the chosen order: their place in the admission order is their rank.
             verdict = judge_node(state, before, pod.request, scored=True)
-            before.append(PendingPod(pod.key, f"{len(before):08d}", pod.request))
+            before.append(PendingPod(pod.key, len(before), pod.request))
             if not verdict.fits:
                 result.no_block += 1
                 continue
@@ -558,6 +564,7 @@ class RunResult:
     plan_bound_order: PlanCheck = field(default_factory=PlanCheck)  # placed in the order they were bound
     watch_reopened: int = 0
     scheduler: dict[str, float] = field(default_factory=dict)  # see `scheduler_figures`
+    lag: dict[str, float] = field(default_factory=dict)  # the extender's event-loop lag (`bench.looplag.read`)
 
     @property
     def rate(self) -> float:
@@ -577,6 +584,7 @@ class Bench:
         self.extender_metrics = ExtenderScrape(cluster, args.extender_arg)
         self.pods = run_pods(args.pods, args.seed + 1)
         self.serial = 0
+        self.lag_file: Path | None = None
 
     def procs(self, scheduler: ManagedProcess | None) -> dict[str, ManagedProcess | None]:
         names = {p.name: p for p in self.cluster._control_plane}
@@ -632,6 +640,8 @@ class Bench:
             result.seconds = times[-1] - times[0]
             result.to_first_bind = times[0] - started
             result.cpu, result.machine_busy = sampler.cores(times[0], times[-1])
+            if profile == "ours" and self.lag_file is not None:
+                result.lag = looplag.read(self.lag_file, times[0], times[-1])
         result.latencies = [t - watch.seen[name] for name, t in watch.bound.items() if name in watch.seen]
         result.watch_reopened = watch.reopened
         docs = self.api.pods(namespace)
@@ -696,7 +706,7 @@ def row(result: RunResult, ratio: float | None) -> str:
         f"{result.nodes:>5} {result.qps:>4} {result.bound_before:>6} {result.profile:<7} {result.rate:>7.1f} "
         f"{ratio_text} {result.bound:>6} {result.pct(0.5):>6.1f} {result.pct(0.99):>6.1f} "
         f"{result.to_first_bind:>6.1f} {result.scheduler.get('algorithm', nan):>6.1f} {verb('filter')} "
-        f"{verb('prioritize')} {verb('bind')} {result.plan.bad:>4} {result.plan_bound_order.bad:>4} "
+        f"{verb('prioritize')} {verb('bind')} {result.plan_bound_order.bad:>4} {result.plan.bad:>4} "
         f"{cpu.get('apiserver', 0):>10.2f} {cpu.get('etcd', 0):>5.2f} "
         f"{cpu.get('scheduler', 0):>5.2f} {cpu.get('extender', 0):>5.2f} {result.machine_busy:>5.2f}"
     )
@@ -725,12 +735,17 @@ def print_pair(results: Sequence[RunResult], detail: bool) -> None:
     for result in results:
         ratio = result.rate / base if base and result.profile == "ours" else None
         print(row(result, ratio), flush=True)
-        for label, plan in (("oldest first", result.plan), ("in bind order", result.plan_bound_order)):
+        for label, plan in (("in bind order", result.plan_bound_order), ("oldest first", result.plan)):
             if plan.bad:
                 print(f"      bad grants {label}, of {plan.checked}: no block left {plan.no_block}, not a block "
                       f"{plan.not_a_block}, overlapping {plan.overlap}", flush=True)  # fmt: skip
         if result.watch_reopened:
             print(f"      (the API server closed the bench's pod watch {result.watch_reopened}x; reopened)")
+        if result.lag:
+            lag = result.lag
+            print(f"      extender event-loop lag: mean {lag['mean_ms']:.2f} ms, max {lag['max_ms']:.1f} ms, over "
+                  f"1/5/20 ms {lag['over_1ms']:.1%} / {lag['over_5ms']:.1%} / {lag['over_20ms']:.1%} of samples",
+                  flush=True)  # fmt: skip
         if detail:
             figures = result.scheduler
             print(f"      scheduler: cycle {figures.get('algorithm', 0):.1f} ms x{figures.get('algorithm_n', 0):.0f}, "
@@ -787,8 +802,16 @@ def run_node_count(args: argparse.Namespace, count: int, plan: list[tuple[int, i
         nodes = make_nodes(count, args.seed)
         api = Api(cluster)
         api.create_many([("/api/v1/nodes", _node_doc(n)) for n in nodes])
-        cluster.start_extender(args.extender_arg, shlex.split(args.extender_launcher))
+        launcher = shlex.split(args.extender_launcher)
+        lag_file = None
+        if args.loop_lag or args.extender_tree:
+            lag_file = workdir / f"{count}-loop-lag.jsonl"
+            tree = ["--tree", args.extender_tree] if args.extender_tree else []
+            launcher = [*(launcher or [sys.executable]), str(Path(looplag.__file__)), "--out", str(lag_file), *tree,
+                        "--"]  # fmt: skip
+        cluster.start_extender(args.extender_arg, launcher)
         bench = Bench(args, cluster, nodes)
+        bench.lag_file = lag_file
         used = sum(n.topology.device_count - len(n.state.free_devices) for n in nodes)
         total = sum(n.topology.device_count for n in nodes)
         print(f"# {count} nodes ready in {time.monotonic() - began:.0f} s: {total} devices, {used / total:.0%} "
@@ -839,6 +862,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", default="", help="directory: sample the extender with py-spy during ours")
     parser.add_argument("--py-spy-args", default="", help="more py-spy record flags, e.g. '--idle' or '--gil'")
     parser.add_argument("--api-detail", action="store_true", help="the API server's mean per verb, per run")
+    parser.add_argument("--loop-lag", action="store_true", help="the extender's event-loop lag, per run of ours")
+    parser.add_argument(
+        "--extender-tree",
+        default="",
+        help="serve the extender from this source tree (an older "
+        "commit: git archive <commit> extender neuronalloc neuroncli neuronlog | tar -x -C DIR)",
+    )
     parser.add_argument("--no-warm-up", action="store_true", help="measure ours from a cold extender too")
     parser.add_argument("--workdir", default="", help="keep logs here (default: a temp dir, removed)")
     args = parser.parse_args(argv)
@@ -861,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
           "in the same configuration; p50/p99: pod creation to bind; 1st: scheduler start to first bind; cycle: the "
           "scheduler's mean serial scheduling cycle in ms (extender filter and prioritize included); "
           "filter/prior./bind: the extender's mean ms; bad: non-contiguous or overlapping predicted grants, the "
-          "pods of each node placed oldest first (the extender's model), bad*: placed in bind order (kubelet's); "
+          "pods of each node placed in bind order (kubelet's, and the extender's model), bad*: placed oldest first; "
           "cores: mean CPU cores used from first to last bind; all: the whole machine's, others' work included"
     )  # fmt: skip
     return 0
