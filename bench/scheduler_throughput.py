@@ -16,7 +16,9 @@ ours (`deploy/scheduler/kube-scheduler-config.yaml`: our extender filters, prior
 nodes. One scheduler runs at a time, with client QPS `--qps` and burst twice that; after each run its pods are
 deleted, so every run starts from the same cluster. Each pair runs `--repeat` times, in the other order every
 second time. Before the table, one run of ours that is not counted fills the extender's verdict memo, as a
-long-running extender's is (`--no-warm-up` to skip it).
+long-running extender's is (`--no-warm-up` to skip it). `--profile stock ours noop` adds a third profile: our
+scheduler configuration with filter and prioritize sent to a do-nothing extender (`bench/noop_extender.py`, aiohttp
+over the same mutual TLS; no bind verb), the floor any Python extender pays in the scheduler's cycle here.
 
 The variant `--bound 20000` first creates 20,000 pods already bound (`spec.nodeName` set), spread over the
 nodes: the holders named in the annotations, with matching requests, then CPU-only pods up to the count; so a
@@ -110,7 +112,7 @@ MIX = ("inf1.6xlarge", "inf1.24xlarge", "inf2.48xlarge", "trn1.32xlarge")
 USED_SHARE = 0.4
 NEURON, NEURONCORE = Resource.NEURON, Resource.NEURONCORE
 BOUND_NAMESPACE = "bench-bound"
-PROFILES = ("stock", "ours")
+PROFILES = ("stock", "ours", "noop")
 OBSERVED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 STALL_SECONDS = 15.0  # no bind for this long: the rest are unschedulable (or the scheduler is stuck)
 
@@ -585,19 +587,53 @@ class Bench:
         self.pods = run_pods(args.pods, args.seed + 1)
         self.serial = 0
         self.lag_file: Path | None = None
+        self.noop: ManagedProcess | None = None
+        self.noop_port = 0
 
-    def procs(self, scheduler: ManagedProcess | None) -> dict[str, ManagedProcess | None]:
+    def procs(self, scheduler: ManagedProcess | None, profile: str = "ours") -> dict[str, ManagedProcess | None]:
         names = {p.name: p for p in self.cluster._control_plane}
         return {
-            "apiserver": names.get("kube-apiserver"), "etcd": names.get("etcd"),
-            "scheduler": scheduler, "extender": self.cluster.extender,
+            "apiserver": names.get("kube-apiserver"), "etcd": names.get("etcd"), "scheduler": scheduler,
+            "extender": self.noop if profile == "noop" else self.cluster.extender,
         }  # fmt: skip
+
+    def start_noop_scheduler(
+        self, *, client_qps: float, client_burst: int, extra_args: Sequence[str]
+    ) -> ManagedProcess:
+        """Our scheduler's configuration with filter and prioritize sent to `bench/noop_extender.py` (over the
+        same mutual TLS) and no bind verb: the cycle's cost of two round trips to a Python server doing nothing."""
+        self.ensure_noop()
+        config = self.cluster._our_scheduler_config()
+        config["clientConnection"]["qps"], config["clientConnection"]["burst"] = client_qps, client_burst
+        for extender in config.get("extenders", []):
+            extender["urlPrefix"] = f"https://127.0.0.1:{self.noop_port}"
+            extender.pop("bindVerb", None)
+        return self.cluster._start_scheduler("noop-kube-scheduler", config, extra_args)
+
+    def ensure_noop(self) -> None:
+        cluster = self.cluster
+        if self.noop is None:
+            pki = cluster.extender_pki
+            self.noop_port = free_port()
+            self.noop = ManagedProcess("noop-extender", [
+                sys.executable, str(Path(__file__).with_name("noop_extender.py")), f"--port={self.noop_port}",
+                f"--cert={pki.server.cert}", f"--key={pki.server.key}", f"--client-ca={pki.ca_file}",
+            ], cluster.logs / "noop-extender.log").start()  # fmt: skip
+            context = cluster.extender_ssl_context()
+            url = f"https://127.0.0.1:{self.noop_port}/readyz"
+            wait_for("noop extender", lambda: _ok(url, context), timeout=60, watch=[self.noop])
+
+    def close(self) -> None:
+        if self.noop is not None:
+            self.noop.stop()
 
     def run(self, profile: str, qps: int, bound_before: int) -> RunResult:
         self.serial += 1
         namespace = f"run-{self.serial}-{profile}"
         result = RunResult(profile, len(self.nodes), qps, bound_before, len(self.pods))
         self.api.ensure_namespace(namespace)
+        if profile == "noop":
+            self.ensure_noop()
         watch = PodWatch(self.api, namespace)
         watch.start()
         scheduler_name = STOCK_SCHEDULER if profile == "stock" else OUR_SCHEDULER
@@ -609,10 +645,11 @@ class Bench:
         wait_quiet([p for p in self.procs(None).values() if p is not None], limit=60)
         ext_before = histogram_sums(self.extender_metrics(), EXTENDER_HISTOGRAM, ("verb",))
         api_before = api_server_sums(self.api.metrics())
-        sampler = CpuSampler(self.procs(None))
+        sampler = CpuSampler(self.procs(None, profile))
         sampler.start()
         started = time.monotonic()
-        start = self.cluster.start_stock_scheduler if profile == "stock" else self.cluster.start_our_scheduler
+        start = {"stock": self.cluster.start_stock_scheduler, "ours": self.cluster.start_our_scheduler,
+                 "noop": self.start_noop_scheduler}[profile]  # fmt: skip
         metrics_port = free_port()
         scheduler = start(client_qps=qps, client_burst=2 * qps, extra_args=scheduler_metrics_args(metrics_port))
         sampler.procs["scheduler"] = scheduler
@@ -733,7 +770,7 @@ def print_pair(results: Sequence[RunResult], detail: bool) -> None:
     stock = [r.rate for r in results if r.profile == "stock" and r.rate]
     base = sum(stock) / len(stock) if stock else None
     for result in results:
-        ratio = result.rate / base if base and result.profile == "ours" else None
+        ratio = result.rate / base if base and result.profile != "stock" else None
         print(row(result, ratio), flush=True)
         for label, plan in (("in bind order", result.plan_bound_order), ("oldest first", result.plan)):
             if plan.bad:
@@ -774,6 +811,8 @@ def print_summary(results: Sequence[RunResult]) -> None:
         stock = [r for r in runs if r.profile == "stock"]
         ours = [r for r in runs if r.profile == "ours"]
         ratios = [o.rate / s.rate for s, o in zip(stock, ours, strict=False) if s.rate]
+        noop = [r for r in runs if r.profile == "noop"]
+        noop_ratios = [n.rate / s.rate for s, n in zip(stock, noop, strict=False) if s.rate]
         verbs = [r.verbs for r in ours]
         print(
             f"# {nodes:>5} nodes, qps {qps:>3}, {bound:>5} bound: {spread([r.rate for r in stock])} | "
@@ -781,7 +820,13 @@ def print_summary(results: Sequence[RunResult]) -> None:
             f"{spread([v['bind'][1] for v in verbs if 'bind' in v])} | "
             f"{spread([v['filter'][1] + v['prioritize'][1] for v in verbs if 'filter' in v and 'prioritize' in v])}"
             f" | {spread([r.scheduler.get('algorithm', 0) for r in stock])} / "
-            f"{spread([r.scheduler.get('algorithm', 0) for r in ours])}",
+            f"{spread([r.scheduler.get('algorithm', 0) for r in ours])}"
+            + (
+                f" | noop: {spread([r.rate for r in noop])} pods/s, ratio {spread(noop_ratios, 2)}, cycle "
+                f"{spread([r.scheduler.get('algorithm', 0) for r in noop])}"
+                if noop
+                else ""
+            ),
             flush=True,
         )
 
@@ -797,6 +842,7 @@ def configurations(args: argparse.Namespace) -> Iterator[tuple[int, list[tuple[i
 def run_node_count(args: argparse.Namespace, count: int, plan: list[tuple[int, int]], workdir: Path) -> list[RunResult]:
     began = time.monotonic()
     cluster = Cluster(workdir / f"{count}-nodes")
+    bench: Bench | None = None
     try:
         cluster.start(extender=False, scheduler=False)
         nodes = make_nodes(count, args.seed)
@@ -837,8 +883,20 @@ def run_node_count(args: argparse.Namespace, count: int, plan: list[tuple[int, i
                 print_pair(pair, args.api_detail)
                 results += pair
     finally:
+        if bench is not None:
+            bench.close()
         cluster.close()
     return results
+
+
+def _ok(url: str, context: ssl.SSLContext) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _node_doc(node: BenchNode) -> Any:
@@ -850,7 +908,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--qps", type=int, nargs="+", default=[50, 500], help="the scheduler's client QPS (burst 2x)")
-    parser.add_argument("--profile", nargs="+", choices=PROFILES, default=list(PROFILES))
+    parser.add_argument(
+        "--profile",
+        nargs="+",
+        choices=PROFILES,
+        default=["stock", "ours"],
+        help="noop: our scheduler configuration with a do-nothing extender (bench/noop_extender.py)",
+    )
     parser.add_argument("--bound", type=int, nargs="+", default=[0, 20000],
                         help="pods already bound; above 0 runs at the highest --qps")  # fmt: skip
     parser.add_argument("--pods", type=int, default=1000, help="pods per run")

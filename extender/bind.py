@@ -359,7 +359,10 @@ class Binder:
                 "unreachable?); retry" if fenced else "no time left before the scheduler's deadline"))  # fmt: skip
         self._view.hold(pod, node)
         try:
-            await self._run(self._api.bind, args.pod_namespace, args.pod_name, pod.uid, node, timeout=budget)
+            if self._api.binds_on_loop:
+                await self._api.bind_async(args.pod_namespace, args.pod_name, pod.uid, node, timeout=budget)
+            else:
+                await self._run(self._api.bind, args.pod_namespace, args.pod_name, pod.uid, node, timeout=budget)
         except asyncio.CancelledError:  # only at shutdown (the handler's timeout cannot reach this task)
             self._view.unresolved(key)
             raise

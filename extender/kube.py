@@ -1,19 +1,31 @@
-"""The extender's only door to the API server: list, watch, get, bind. Blocking calls, run in threads.
+"""The extender's only door to the API server: list, watch, get, bind. Blocking calls, run in threads, except
+the Binding POST, which runs on the event loop (`bind_async`).
 
 Objects are kept as the API server's own JSON (dicts parsed with orjson), not as the client's generated
 models: `extender.wire` reads the same JSON whether it comes from a scheduler request or from a watch, and
 skipping model deserialisation keeps a 5,000-node list cheap.
+
+The Binding POST is the one call made per scheduled pod, while the scheduler waits: through the generated client
+in a thread it cost about a millisecond of Python per pod, and a thread holding the interpreter lock delays the
+event loop that answers the scheduler's filter and prioritize. `bind_async` sends the same request with aiohttp
+on the loop, with the client's own configuration (server, CA, client certificate, bearer token: the token is
+read through the client's auth settings on every call, so a rotated service-account token is used at once).
+A configuration aiohttp is not given here (a proxy) keeps the threaded call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote as url_quote
 
+import aiohttp
 import orjson
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -57,6 +69,13 @@ class KubeApi:
         # (connect, read): the client ignores a bare float.
         self._timeout = (request_timeout, request_timeout)
         self._seconds = request_timeout
+        self._configuration = configuration
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def binds_on_loop(self) -> bool:
+        """Whether `bind_async` can send the Binding (else the caller runs `bind` in a thread)."""
+        return not self._configuration.proxy
 
     def _json(self, response: Any) -> Any:
         try:
@@ -117,12 +136,7 @@ class KubeApi:
         too (the `timeout` query parameter sets the request's deadline there), so a binding the client gave up
         on is not written later by a server still working on it (bar one already being committed)."""
         seconds = self._seconds if timeout is None else max(0.05, timeout)
-        body = {
-            "apiVersion": "v1",
-            "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-        }
+        body = orjson.loads(_binding(namespace, name, uid, node))
         response = self._client.call_api(
             "/api/v1/namespaces/{namespace}/pods/{name}/binding",
             "POST",
@@ -138,6 +152,55 @@ class KubeApi:
         # Read the body before the connection goes back to the pool: an unread reply poisons the next request.
         _ = response.data
         response.release_conn()
+
+    async def bind_async(self, namespace: str, name: str, uid: str, node: str, *, timeout: float) -> None:
+        """`bind`, on the event loop: the same request, the same deadline on both ends. Raises ApiException for an
+        answer that is not 2xx (with the body, for the Status message), anything else when the outcome is unknown
+        (a timeout, a broken connection)."""
+        seconds = max(0.05, timeout)
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        self._client.update_params_for_auth(headers, [], ["BearerToken"])
+        url = (
+            f"{self._configuration.host.rstrip('/')}/api/v1/namespaces/{url_quote(namespace, safe='')}/pods/"
+            f"{url_quote(name, safe='')}/binding?timeout={max(1, int(seconds * 1000))}ms"
+        )
+        async with asyncio.timeout(seconds):
+            # kubeconfig's tls-server-name: the name the certificate is checked against when the URL has another.
+            server_name = getattr(self._configuration, "tls_server_name", None) or None
+            async with self._http().post(url, data=_binding(namespace, name, uid, node), headers=headers,
+                                         allow_redirects=False, server_hostname=server_name) as response:  # fmt: skip
+                body = await response.content.read(_MAX_REPLY)
+                if not 200 <= response.status < 300:
+                    err = ApiException(status=response.status, reason=response.reason)
+                    err.body = body
+                    raise err
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            cfg = self._configuration
+            context: ssl.SSLContext | bool = False
+            if cfg.host.startswith("https"):
+                if cfg.verify_ssl:
+                    context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+                    # The generated client checks the host name unless assert_hostname is False (kubeconfig's
+                    # insecure-skip-tls-verify turns verify_ssl off altogether).
+                    context.check_hostname = cfg.assert_hostname is not False
+                else:
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                if cfg.cert_file:
+                    context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32, ssl=context), trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )  # fmt: skip
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # ---- the binder Lease (coordination.k8s.io/v1) ---------------------------------------------------------
 
@@ -168,6 +231,19 @@ class KubeApi:
                 name, namespace, lease, _preload_content=False, _request_timeout=self._seconds_pair(timeout)
             )
         )
+
+
+def _binding(namespace: str, name: str, uid: str, node: str) -> bytes:
+    """The Binding, with the pod's UID as a precondition (as kube-scheduler's default binder sends it)."""
+    return orjson.dumps({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    })  # fmt: skip
+
+
+_MAX_REPLY = 1024 * 1024  # a Status, or the Binding echoed: a few hundred bytes
 
 
 # One watch event is one object; etcd refuses objects above 1.5 MiB, so a longer line is not an event.

@@ -277,6 +277,8 @@ async def _serve(cfg: Config) -> int:
             await runner.cleanup()
         if binder is not None:
             await binder.close()
+        if api is not None:
+            await api.close()
         if lease is not None:
             lease.close()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,8 +15,11 @@ from aiohttp import web
 
 
 @contextmanager
-def served(make_app: Callable[[], web.Application]) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
-    """Yield (base URL, the app's loop). The app is built inside its own loop's thread, and cleaned up on exit."""
+def served(
+    make_app: Callable[[], web.Application], ssl_context: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
+    """Yield (base URL, the app's loop). The app is built inside its own loop's thread, and cleaned up on exit.
+    With `ssl_context`, it is served over TLS (an https:// base)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     holder: dict[str, Any] = {}
@@ -24,7 +28,7 @@ def served(make_app: Callable[[], web.Application]) -> Iterator[tuple[str, async
         # A short shutdown: a watch whose client went away waits for its next event otherwise.
         runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         holder["runner"] = runner
         holder["port"] = runner.addresses[0][1]
@@ -45,7 +49,7 @@ def served(make_app: Callable[[], web.Application]) -> Iterator[tuple[str, async
     if "error" in holder:
         raise holder["error"]
     try:
-        yield f"http://127.0.0.1:{holder['port']}", loop
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{holder['port']}", loop
     finally:
 
         async def stop() -> None:
