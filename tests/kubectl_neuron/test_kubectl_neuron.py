@@ -212,7 +212,8 @@ def test_table_says_why_devices_are_withdrawn(capsys: pytest.CaptureFixture[str]
     start = next(i for i, line in enumerate(lines) if line.startswith("NODE ") and "UNHEALTHY" in line)
     section = lines[start : lines.index("", start)]
     trn1 = next(line for line in section if line.startswith("ip-10-0-0-2."))
-    assert re.search(r"\s4\s+False NeuronHardwareError\s+7m\s+1 of 16 Neuron devices unhealthy", trn1), trn1
+    # SINCE: 7 minutes when the recorded objects were made (at import), more if the run is slow
+    assert re.search(r"\s4\s+False NeuronHardwareError\s+[0-9]+m\s+1 of 16 Neuron devices unhealthy", trn1), trn1
     assert trn1.endswith("hw_error:SRAM_UNCORRECTABLE_ERROR on 4")
     unwatched = next(line for line in section if line.startswith("ip-10-0-0-6."))
     assert "True HardwareErrorsNotWatched" in unwatched and "CAP_SYSLOG" in unwatched
