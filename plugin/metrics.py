@@ -30,6 +30,7 @@ REGISTRATION_RESULTS = ("ok", "error")
 PUBLISH_ERROR_REASONS = ("podresources_unavailable", "apiserver_unreachable", "apiserver_rejected")
 STATES = ("healthy", "unhealthy", "allocated", "free")
 HTTP_REJECT_REASONS = ("too_many_connections", "deadline")
+CONDITION_ERROR_REASONS = ("apiserver_unreachable", "apiserver_rejected")
 _RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -96,6 +97,15 @@ class PluginMetrics:
             "kernel_log_skipped_bytes", "Kernel-log bytes never parsed (backlog skipped, over-long lines)",
             namespace=ns, subsystem=sub, registry=reg,
         )  # fmt: skip
+        # Only the configured source's series exists (none with --hw-error-log ""): a 0 means "cannot read".
+        self.kernel_log_readable = Gauge(
+            "kernel_log_readable", "1 while the configured kernel-log source can be read, 0 while it cannot",
+            ["source"], namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self.condition_errors = Counter(
+            "condition_errors", "Failed writes of the NeuronDevicesHealthy node condition, by reason", ["reason"],
+            namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
         self.http_rejected = Counter(
             "http_connections_rejected", "Metrics-port connections closed by a limit", ["reason"],
             namespace=ns, subsystem=sub, registry=reg,
@@ -123,6 +133,8 @@ class PluginMetrics:
             self.kernel_log_dropped.labels(reason)
         for reason in HTTP_REJECT_REASONS:
             self.http_rejected.labels(reason)
+        for reason in CONDITION_ERROR_REASONS:
+            self.condition_errors.labels(reason)
         self.podresources_age.set(float("inf"))
 
     def watch_serving(self, reason: Callable[[], str | None], podresources_age: Callable[[], float | None]) -> None:

@@ -20,8 +20,9 @@ def node_states(draw: st.DrawFn) -> tuple[str, dict[str, PodHolding], frozenset[
     instance_type = draw(st.sampled_from(sorted(CATALOG)))
     row = CATALOG[instance_type]
     devices = list(range(row.devices))
-    owner = draw(st.lists(st.sampled_from(["whole", "cores", "unhealthy", "free"]),
-                          min_size=row.devices, max_size=row.devices))
+    owner = draw(
+        st.lists(st.sampled_from(["whole", "cores", "unhealthy", "free"]), min_size=row.devices, max_size=row.devices)
+    )
     pods: dict[str, PodHolding] = {}
     unhealthy = set()
     for device, kind in zip(devices, owner, strict=True):
@@ -66,10 +67,15 @@ def test_requests_take_the_larger_of_app_sum_and_init_max() -> None:
     def container(limits: dict[str, str]) -> dict[str, object]:
         return {"name": "c", "resources": {"limits": limits}}
 
-    pod = {"spec": {
-        "containers": [container({"aws.amazon.com/neuron": "2"}), container({"aws.amazon.com/neuron": "1"})],
-        "initContainers": [container({"aws.amazon.com/neuron": "4"}), container({"aws.amazon.com/neuroncore": "2"})],
-    }}
+    pod = {
+        "spec": {
+            "containers": [container({"aws.amazon.com/neuron": "2"}), container({"aws.amazon.com/neuron": "1"})],
+            "initContainers": [
+                container({"aws.amazon.com/neuron": "4"}),
+                container({"aws.amazon.com/neuroncore": "2"}),
+            ],
+        }
+    }
     assert neuron_requests(pod) == {"neuron": 4, "neuroncore": 2}
     assert neuron_requests({"spec": {"containers": [container({"cpu": "1"})]}}) == {}
     requests_only = {"spec": {"containers": [{"resources": {"requests": {"aws.amazon.com/neuroncore": "3"}}}]}}
