@@ -28,10 +28,22 @@ IGNORED_ID_SAMPLE = 10  # ignored IDs kept (shortened) to show in a warning; the
 # real pod; its hardware still counts as used, but it is not listed in the published state.
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_CONTAINER_NAME = _NAMESPACE  # a container name is a DNS label too
 
 
 class PodResourcesUnavailable(RuntimeError):
     """kubelet's PodResources socket did not answer; the message carries the gRPC status."""
+
+
+@dataclass(frozen=True)
+class CoreHolder:
+    """The container holding one NeuronCore, directly (`neuroncore`) or through its device (`neuron`)."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource: Resource  # the resource the container was given
+    device: int  # the Neuron device the core is on
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class PodHoldings:
     ignored_ids: tuple[str, ...] = field(default=())  # a shortened sample of IDs that name nothing here
     ignored_count: int = 0
     unlisted_pods: int = 0  # pods holding hardware that `pods` leaves out (bad name, or over the bound)
+    # core -> the container holding it (plugin_pod_neuroncore_info): at most one entry per core of the node,
+    # only for well-formed pod and container names; if kubelet reports a core twice, the first holder wins.
+    core_holders: Mapping[int, CoreHolder] = field(default_factory=dict)
 
     @classmethod
     def of(cls, pods: Mapping[str, PodHolding]) -> PodHoldings:
@@ -87,21 +102,26 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
     ignored_count = 0
     unlisted = 0
     max_listed = topology.device_count + topology.core_count  # each listed pod holds at least one unit
+    core_holders: dict[int, CoreHolder] = {}
     for pod in pods:
         devices: set[int] = set()
         cores: set[int] = set()
+        key = _pod_key(pod)
         for container in pod.containers:
+            holder_named = key is not None and _CONTAINER_NAME.fullmatch(container.name) is not None
             for entry in container.devices:
                 if entry.resource_name == Resource.NEURON.value:
-                    target, limit = devices, topology.device_count
+                    resource, target, limit = Resource.NEURON, devices, topology.device_count
                 elif entry.resource_name == Resource.NEURONCORE.value:
-                    target, limit = cores, topology.core_count
+                    resource, target, limit = Resource.NEURONCORE, cores, topology.core_count
                 else:
                     continue
                 for raw in entry.device_ids:
                     unit = parse_unit_id(raw, limit)
                     if unit is not None:
                         target.add(unit)
+                        if holder_named:
+                            _hold(core_holders, topology, resource, unit, pod, container.name)
                         continue
                     ignored_count += 1
                     if len(ignored) < IGNORED_ID_SAMPLE:
@@ -110,7 +130,6 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
             continue
         used_devices |= devices
         used_cores |= cores
-        key = _pod_key(pod)
         if key is None or (key not in held and len(held) >= max_listed):
             unlisted += 1
             continue
@@ -123,7 +142,23 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
         ignored_ids=tuple(ignored),
         ignored_count=ignored_count,
         unlisted_pods=unlisted,
+        core_holders=dict(sorted(core_holders.items())),
     )
+
+
+def _hold(
+    holders: dict[int, CoreHolder],
+    topology: Topology,
+    resource: Resource,
+    unit: int,
+    pod: pr_pb2.PodResources,
+    container: str,
+) -> None:
+    """Record `container` as the holder of `unit`'s cores: the core itself, or every core of the device."""
+    cores = topology.cores_of_device(unit) if resource is Resource.NEURON else (unit,)
+    for core in cores:
+        if core not in holders:
+            holders[core] = CoreHolder(pod.namespace, pod.name, container, resource, topology.device_of_core(core))
 
 
 class PodResourcesClient:
