@@ -202,3 +202,19 @@ def test_garbled_and_missing_annotations_are_unknown_not_a_crash() -> None:
         verdict = view.verdict_for(parse_node(node_doc("n", annotations=notes)), request)
         assert verdict.kind == "unknown"
         assert verdict.reason.startswith("(unknown)") and words in verdict.reason
+
+
+def test_a_node_refused_while_devices_are_unhealthy_says_so() -> None:
+    # Health issue: a user whose pod is refused must learn the node lacks a block because hardware failed, and
+    # where to look; the reason stays free of IDs (one line per shape in the scheduler's event), the detail
+    # names them.
+    four = single(Resource.NEURON, 4)
+    sick = judge_node(node_state("inf2.48xlarge", used_devices=range(8), unhealthy=[9]), [], four)
+    assert sick.kind == "no_block"
+    assert "unhealthy" in sick.reason and "NeuronDevicesHealthy" in sick.reason
+    assert "9" not in sick.reason
+    assert "unhealthy devices 9" in sick.detail
+    full = judge_node(node_state("inf2.48xlarge", used_devices=range(9)), [], four)
+    assert full.kind == "no_block" and "unhealthy" not in full.reason + full.detail
+    fits = judge_node(node_state("inf2.48xlarge", unhealthy=[9]), [], four)
+    assert fits.fits and fits.reason == ""
