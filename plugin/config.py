@@ -67,7 +67,7 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("metrics-port", "9410", "port for /metrics and /healthz; 0 = off"),
     Flag("kubeconfig", "", 'kubeconfig path; "" = in-cluster service account, "none" = no API server (publishing off)'),
-    Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
+    Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2/trn3 logical NeuronCore setting (1 or 2)"),
     Flag(
         "hw-error-log",
         RING_BUFFER,
