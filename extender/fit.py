@@ -66,13 +66,13 @@ class Free:
         return cls(frozenset(range(topo.device_count)), frozenset(range(topo.core_count)))
 
     def of(self, resource: Resource) -> frozenset[int]:
-        return self.devices if resource is Resource.NEURON else self.cores
+        return self.devices if resource.whole_devices else self.cores
 
     def take(self, topo: Topology, resource: Resource, block: Iterable[int]) -> Free:
         """The free sets after `block` is held: a held device frees none of its cores, a held core makes its
         device no longer free as a whole device."""
         ids = frozenset(block)
-        if resource is Resource.NEURON:
+        if resource.whole_devices:
             return Free(self.devices - ids, self.cores - topo.cores_of_devices(ids))
         return Free(self.devices - topo.devices_of_cores(ids), self.cores - ids)
 

@@ -42,7 +42,8 @@ _RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 
 
 class PluginMetrics:
-    def __init__(self) -> None:
+    def __init__(self, resources: Collection[Resource] = tuple(Resource)) -> None:
+        self._resources = tuple(resources)  # the names served: only theirs get per-resource series
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -126,7 +127,7 @@ class PluginMetrics:
         self._zero_initialise()
 
     def _zero_initialise(self) -> None:
-        for resource in Resource:
+        for resource in self._resources:
             self.largest_free_block.labels(resource.short)
             self.registered.labels(resource.short)
             for rpc in RPCS:
@@ -178,12 +179,9 @@ class PluginMetrics:
         self.cores.labels("unhealthy").set(len(topology.cores_of_devices(unhealthy)))
         self.cores.labels("allocated").set(len(cores_in_use))
         self.cores.labels("free").set(len(usage.free_cores))
-        self.largest_free_block.labels(Resource.NEURON.short).set(
-            largest_free_block(topology, Resource.NEURON, usage.free_devices)
-        )
-        self.largest_free_block.labels(Resource.NEURONCORE.short).set(
-            largest_free_block(topology, Resource.NEURONCORE, usage.free_cores)
-        )
+        for resource in self._resources:  # neurondevice counts the same free devices as neuron
+            free = usage.free_devices if resource.whole_devices else usage.free_cores
+            self.largest_free_block.labels(resource.short).set(largest_free_block(topology, resource, free))
         # device_healthy is not rewritten here, every poll: it changes only on a health change, and
         # `set_device_health` is called then (and once at start), from the same set `usage` carries.
 

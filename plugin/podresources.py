@@ -29,6 +29,7 @@ IGNORED_ID_SAMPLE = 10  # ignored IDs kept (shortened) to show in a warning; the
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _CONTAINER_NAME = _NAMESPACE  # a container name is a DNS label too
+_RESOURCES = {resource.value: resource for resource in Resource}
 
 
 class PodResourcesUnavailable(RuntimeError):
@@ -52,11 +53,14 @@ class PodHoldings:
 
     `used_devices` / `used_cores` count every valid ID of every pod. `pods` lists who holds them, bounded by
     what the published state may carry: well-formed pod names, at most one pod per device and core.
+    `by_name` says which resource name holds which IDs: kubelet tracks each name on its own, so the plugin
+    must know what the *other* names hold (`neuron` and `neurondevice` both count in `used_devices`).
     """
 
     pods: Mapping[str, PodHolding]  # "namespace/name" -> holding
     used_devices: frozenset[int] = frozenset()
     used_cores: frozenset[int] = frozenset()
+    by_name: Mapping[Resource, frozenset[int]] = field(default_factory=dict)
     ignored_ids: tuple[str, ...] = field(default=())  # a shortened sample of IDs that name nothing here
     ignored_count: int = 0
     unlisted_pods: int = 0  # pods holding hardware that `pods` leaves out (bad name, or over the bound)
@@ -67,11 +71,18 @@ class PodHoldings:
     @classmethod
     def of(cls, pods: Mapping[str, PodHolding]) -> PodHoldings:
         """Holdings from a listing alone (tests, and callers that build one by hand)."""
+        devices = frozenset[int]().union(*(h.devices for h in pods.values()))
+        cores = frozenset[int]().union(*(h.cores for h in pods.values()))
         return cls(
             pods=pods,
-            used_devices=frozenset().union(*(h.devices for h in pods.values())),
-            used_cores=frozenset().union(*(h.cores for h in pods.values())),
+            used_devices=devices,
+            used_cores=cores,
+            by_name={Resource.NEURON: devices, Resource.NEURONCORE: cores},
         )
+
+    def held(self, resource: Resource) -> frozenset[int]:
+        """The IDs held through this one resource name."""
+        return self.by_name.get(resource, frozenset())
 
 
 def parse_unit_id(raw: str, limit: int) -> int | None:
@@ -98,6 +109,7 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
     held: dict[str, tuple[set[int], set[int]]] = {}
     used_devices: set[int] = set()
     used_cores: set[int] = set()
+    by_name: dict[Resource, set[int]] = {resource: set() for resource in Resource}
     ignored: list[str] = []
     ignored_count = 0
     unlisted = 0
@@ -110,18 +122,18 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
         for container in pod.containers:
             holder_named = key is not None and _CONTAINER_NAME.fullmatch(container.name) is not None
             for entry in container.devices:
-                if entry.resource_name == Resource.NEURON.value:
-                    resource, target, limit = Resource.NEURON, devices, topology.device_count
-                elif entry.resource_name == Resource.NEURONCORE.value:
-                    resource, target, limit = Resource.NEURONCORE, cores, topology.core_count
-                else:
+                name = _RESOURCES.get(entry.resource_name)
+                if name is None:
                     continue
+                target = devices if name.whole_devices else cores
+                limit = topology.unit_count(name)
                 for raw in entry.device_ids:
                     unit = parse_unit_id(raw, limit)
                     if unit is not None:
                         target.add(unit)
+                        by_name[name].add(unit)
                         if holder_named:
-                            _hold(core_holders, topology, resource, unit, pod, container.name)
+                            _hold(core_holders, topology, name, unit, pod, container.name)
                         continue
                     ignored_count += 1
                     if len(ignored) < IGNORED_ID_SAMPLE:
@@ -139,6 +151,7 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
         pods={key: PodHolding(frozenset(d), frozenset(c)) for key, (d, c) in sorted(held.items())},
         used_devices=frozenset(used_devices),
         used_cores=frozenset(used_cores),
+        by_name={resource: frozenset(ids) for resource, ids in by_name.items()},
         ignored_ids=tuple(ignored),
         ignored_count=ignored_count,
         unlisted_pods=unlisted,
@@ -155,7 +168,7 @@ def _hold(
     container: str,
 ) -> None:
     """Record `container` as the holder of `unit`'s cores: the core itself, or every core of the device."""
-    cores = topology.cores_of_device(unit) if resource is Resource.NEURON else (unit,)
+    cores = topology.cores_of_device(unit) if resource.whole_devices else (unit,)
     for core in cores:
         if core not in holders:
             holders[core] = CoreHolder(pod.namespace, pod.name, container, resource, topology.device_of_core(core))

@@ -68,7 +68,7 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         topology = self._view.topology
         devices = []
         for unit in range(topology.unit_count(self.resource)):
-            device = unit if self.resource is Resource.NEURON else topology.device_of_core(unit)
+            device = unit if self.resource.whole_devices else topology.device_of_core(unit)
             numa = self._numa_nodes.get(device)
             devices.append(
                 dp_pb2.Device(
