@@ -49,7 +49,7 @@ from extender.fit import (
     PendingPod,
     Verdict,
     judge_node,
-    judge_states,
+    judge_node_states,
     node_free_states,
     not_serving,
     unknown,
@@ -687,7 +687,7 @@ class ClusterView:
         self.expire_remembered()
         pending = self.pending_on(name)
         if all(p.key != pod.key for p in pending) and self._nodes.get(name, _MISSING_NODE).state is state:
-            return judge_states(state.topology, self._free_states(name, state), pod.request, scored=False)
+            return judge_node_states(state, self._free_states(name, state), pod.request, scored=False)
         return judge_node(state, [p for p in pending if p.key != pod.key], pod.request, scored=False)
 
     def with_remembered(self, node: str, known: Mapping[str, PendingPod]) -> tuple[PendingPod, ...]:
@@ -702,7 +702,7 @@ class ClusterView:
             return unknown(problem)
         if not state.serving:
             return not_serving(state.not_serving_reason)
-        return judge_states(state.topology, self._free_states(name, state), request, scored=scored)
+        return judge_node_states(state, self._free_states(name, state), request, scored=scored)
 
     def _free_states(self, name: str, state: NodeState) -> FreeStates:
         """The free sets the node may have once its pending pods are admitted, predicted once per change."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -42,9 +42,12 @@ from neuronalloc import (
     Topology,
     allocate,
     block_fit_score,
+    encode_ranges,
     free_blocks,
     is_aligned,
 )
+
+UNHEALTHY_NOTE = "some devices unhealthy: see the node condition NeuronDevicesHealthy"
 
 __all__ = [
     "FITS",
@@ -57,6 +60,7 @@ __all__ = [
     "free_after",
     "judge",
     "judge_node",
+    "judge_node_states",
     "judge_states",
     "node_free_states",
     "not_serving",
@@ -82,13 +86,13 @@ class Free:
         return cls(frozenset(range(topo.device_count)), frozenset(range(topo.core_count)))
 
     def of(self, resource: Resource) -> frozenset[int]:
-        return self.devices if resource is Resource.NEURON else self.cores
+        return self.devices if resource.whole_devices else self.cores
 
     def take(self, topo: Topology, resource: Resource, block: Iterable[int]) -> Free:
         """The free sets after `block` is held: a held device frees none of its cores, a held core makes its
         device no longer free as a whole device."""
         ids = frozenset(block)
-        if resource is Resource.NEURON:
+        if resource.whole_devices:
             return Free(self.devices - ids, self.cores - topo.cores_of_devices(ids))
         return Free(self.devices - topo.devices_of_cores(ids), self.cores - ids)
 
@@ -332,4 +336,18 @@ def judge_states(topo: Topology, states: FreeStates, request: PodRequest, *, sco
 
 def judge_node(state: NodeState, pending: Iterable[PendingPod], request: PodRequest, *, scored: bool = True) -> Verdict:
     """The verdict for `request` on a node whose published state is `state`, with `pending` bound to it."""
-    return judge_states(state.topology, node_free_states(state, pending), request, scored=scored)
+    return judge_node_states(state, node_free_states(state, pending), request, scored=scored)
+
+
+def judge_node_states(state: NodeState, states: FreeStates, request: PodRequest, *, scored: bool = True) -> Verdict:
+    """`judge_states` on the node's topology, naming failed hardware when nothing fits and some of it failed."""
+    verdict = judge_states(state.topology, states, request, scored=scored)
+    if verdict.kind != "no_block" or not state.unhealthy_devices:
+        return verdict
+    # Failed hardware is a different cause with a different owner (the node, not the workload): say so, and
+    # where the plugin explains it. The reason stays free of IDs so the scheduler's event still groups it.
+    return replace(
+        verdict,
+        reason=f"{verdict.reason} ({UNHEALTHY_NOTE})",
+        detail=f"{verdict.detail}; unhealthy devices {encode_ranges(state.unhealthy_devices)}",
+    )

@@ -68,9 +68,7 @@ def _api_message(err: ApiException) -> str:
 def read_snapshot(api: client.ApiClient, *, node_selector: str = "", timeout: float = 30.0) -> Snapshot:
     core = client.CoreV1Api(api)
     nodes = _list_all("nodes", core.list_node, timeout, label_selector=node_selector)
-    pending = _list_all(
-        "pending pods", core.list_pod_for_all_namespaces, timeout, field_selector=PENDING_SELECTOR
-    )
+    pending = _list_all("pending pods", core.list_pod_for_all_namespaces, timeout, field_selector=PENDING_SELECTOR)
     events: list[Obj] = []
     warnings: list[str] = []
     if pending:

@@ -2,7 +2,8 @@
 
 The table is one line per node, so that 100 nodes fit one screen's scroll: the device map is one glyph per
 device, grouped by four (a trn row). `wide` adds which pod each map letter stands for. JSON carries
-everything, with range lists in the same grammar as the annotations.
+everything, with range lists in the same grammar as the annotations. Nodes with withdrawn devices (or whose
+hardware errors are not seen) get a second table with the plugin's NeuronDevicesHealthy condition: the why.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def _status(node: NodeView) -> str:
         flags.append("NoState")
     elif node.stale:
         flags.append("Stale")
-    if node.unhealthy_devices:
+    if node.unhealthy_devices or (node.health is not None and node.health.status == "False"):
         flags.append("Unhealthy")
+    elif node.health is not None and not node.health.all_healthy:
+        flags.append("HwUnwatched")  # devices present, but hardware errors are not seen (the message says why)
     if not node.topology_known and not node.error:
         flags.append("Fallback")
     return ",".join(flags) or "OK"
@@ -148,6 +151,30 @@ def _pending_rows(view: ClusterView, wide: bool, width: int) -> list[str]:
     return lines
 
 
+def _health_rows(view: ClusterView, wide: bool, width: int, now: datetime) -> list[str]:
+    """Why devices are withdrawn (or errors unseen), per node: the plugin's NeuronDevicesHealthy condition."""
+    header = ["NODE", "UNHEALTHY", "CONDITION", "SINCE", "MESSAGE"]
+    rows = [header]
+    for node in view.nodes:
+        if not node.health_problem:
+            continue
+        health = node.health
+        since = _age((now - health.since).total_seconds()) if health and health.since else "-"
+        rows.append([
+            node.name,
+            encode_ranges(node.unhealthy_devices) or "-",
+            f"{health.status} {health.reason}" if health else "-",
+            since,
+            health.message if health else "no NeuronDevicesHealthy condition on the node (plugin not running here?)",
+        ])  # fmt: skip
+    if len(rows) == 1:
+        return []
+    lines = _columns(rows)
+    if not wide:
+        lines = [line if len(line) <= width else line[: max(width - 3, 20)] + "..." for line in lines]
+    return lines
+
+
 def render_table(view: ClusterView, *, wide: bool = False, width: int = 200) -> str:
     header = ["NODE", "INSTANCE", "FREE DEV", "LARGEST", "FREE CORES", "LARGEST", "AGE", "STATUS", "MAP"]
     if wide:
@@ -161,6 +188,9 @@ def render_table(view: ClusterView, *, wide: bool = False, width: int = 200) -> 
     out = [_summary(view), ""]
     out += _columns(rows) if view.nodes else ["No Neuron nodes found."]
     out += ["", LEGEND]
+    health = _health_rows(view, wide, width, view.taken_at)
+    if health:
+        out += ["", *health]
     if view.pending:
         out += ["", *_pending_rows(view, wide, width)]
     out += [f"warning: {w}" for w in view.warnings]
@@ -174,6 +204,17 @@ def _time(moment: datetime | None) -> str | None:
     return format_time(moment) if moment else None  # the annotations' own format
 
 
+def _health_json(node: NodeView) -> dict[str, Any] | None:
+    if node.health is None:
+        return None
+    return {
+        "status": node.health.status,
+        "reason": node.health.reason,
+        "message": node.health.message,
+        "lastTransitionTime": _time(node.health.since),
+    }
+
+
 def node_json(node: NodeView) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": node.name,
@@ -181,6 +222,7 @@ def node_json(node: NodeView) -> dict[str, Any]:
         "ready": node.ready,
         "schedulable": node.schedulable,
         "status": _status(node),
+        "healthCondition": _health_json(node),
     }
     if node.error:
         doc["error"] = node.error

@@ -2,7 +2,8 @@
 
 Pure: it takes the JSON the API server returned (as dicts) and a clock reading, and returns plain dataclasses
 that the renderers print. Node state comes only from the plugin's `neuron-contig.io/` annotations, decoded by
-`neuronalloc` (the same codec the extender uses), so what this shows is what the scheduler sees.
+`neuronalloc` (the same codec the extender uses), so what this shows is what the scheduler sees; why a device
+is withdrawn comes from the plugin's `NeuronDevicesHealthy` node condition.
 """
 
 from __future__ import annotations
@@ -23,18 +24,23 @@ from neuronalloc import (
     largest_free_block,
     lookup_instance_type,
 )
+from neuronalloc.text import shorten
 
 Obj = Mapping[str, Any]
 
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 NEURON_SCHEDULER = "neuron-contig-scheduler"
+HEALTH_CONDITION = "NeuronDevicesHealthy"  # set by the device plugin (plugin/condition.py)
+ALL_HEALTHY = "AllDevicesHealthy"
+MAX_CONDITION_MESSAGE = 1024  # what the plugin writes at most; longer (not ours) is cut
+MAX_CONDITION_REASON = 128
 # The plugin republishes on every PodResources change; a state this old means the plugin is not publishing.
 STALE_AFTER_SECONDS = 600.0
 
 
 class DeviceStatus(StrEnum):
     FREE = "free"  # healthy, no core in use: placeable as a whole device
-    WHOLE = "whole"  # held whole by one pod (aws.amazon.com/neuron)
+    WHOLE = "whole"  # held whole by one pod (aws.amazon.com/neuron or its alias aws.amazon.com/neurondevice)
     CORES = "cores"  # some of its cores held (aws.amazon.com/neuroncore)
     UNHEALTHY = "unhealthy"
     UNACCOUNTED = "unaccounted"  # not free, yet no pod in the annotation holds it (a pod from before a restart?)
@@ -46,6 +52,20 @@ class DeviceCell:
     status: DeviceStatus
     pods: tuple[str, ...]  # "namespace/name" of every holder
     free_cores: int
+
+
+@dataclass(frozen=True)
+class HealthCondition:
+    """The node's NeuronDevicesHealthy condition: why devices are withdrawn (or why errors are not seen)."""
+
+    status: str  # "True" | "False" | "Unknown" (as written)
+    reason: str
+    message: str
+    since: datetime | None  # lastTransitionTime
+
+    @property
+    def all_healthy(self) -> bool:
+        return self.status == "True" and self.reason == ALL_HEALTHY
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,12 @@ class NodeView:
     pods: tuple[str, ...] = ()
     observed_at: datetime | None = None
     age_seconds: float | None = None
+    health: HealthCondition | None = None  # None: the node has no NeuronDevicesHealthy condition
+
+    @property
+    def health_problem(self) -> bool:
+        """Devices withdrawn, or a condition that says something is wrong or unseen."""
+        return bool(self.unhealthy_devices) or (self.health is not None and not self.health.all_healthy)
 
     @property
     def stale(self) -> bool:
@@ -123,6 +149,18 @@ def _condition(obj: Obj, kind: str) -> Obj | None:
     return None
 
 
+def _health(node: Obj) -> HealthCondition | None:
+    found = _condition(node, HEALTH_CONDITION)
+    if found is None:
+        return None
+    return HealthCondition(
+        status=shorten(str(found.get("status", "")), 16),
+        reason=shorten(str(found.get("reason", "")), MAX_CONDITION_REASON),
+        message=shorten(" ".join(str(found.get("message", "")).split()), MAX_CONDITION_MESSAGE),
+        since=_parse_time(found.get("lastTransitionTime")),
+    )
+
+
 def _device_cells(state: NodeState) -> tuple[DeviceCell, ...]:
     topo = state.topology
     cells = []
@@ -154,6 +192,7 @@ def build_node(node: Obj, now: datetime) -> NodeView:
         instance_type=labels.get(INSTANCE_TYPE_LABEL),
         ready=bool(ready_cond and ready_cond.get("status") == "True"),
         schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+        health=_health(node),
     )
     if not _published(annotations):
         return replace(base, error="no neuron-contig.io/ annotations: is the device plugin running here?")
@@ -236,8 +275,35 @@ def latest_events_by_pod(events: Iterable[Obj]) -> dict[str, Obj]:
     return latest
 
 
-def build_pending(pod: Obj, event: Obj | None) -> PendingPod | None:
-    """The Pending pod's view, or None when it asks for no Neuron resource."""
+_WHOLE = frozenset(r.short for r in Resource if r.whole_devices)
+_NAMES = {r.short: r.value for r in Resource}
+# Why a name may be missing from every node: said with the warning, so the cause is on the operator's screen.
+_MISSING_HINT = {
+    Resource.NEURONDEVICE.short: " (the alias AWS's device plugin served until 2.21; neuron-contig's plugin "
+    "serves it unless run with --disable-neurondevice)",
+}
+
+
+def _request_warnings(requests: Mapping[str, int], advertised: frozenset[str] | None) -> list[str]:
+    warnings = []
+    whole = sorted(_WHOLE & set(requests))
+    if whole and Resource.NEURONCORE.short in requests:
+        warnings.append("asks for both whole devices and NeuronCores")
+    if len(whole) > 1:
+        warnings.append(
+            f"asks for whole devices under two names ({' and '.join(whole)}): kubelet allocates each name "
+            "separately, as two blocks"
+        )
+    for short in sorted(requests):
+        name = _NAMES.get(short, short)
+        if advertised is not None and name not in advertised:
+            warnings.append(f"no node advertises {name}{_MISSING_HINT.get(short, '')}")
+    return warnings
+
+
+def build_pending(pod: Obj, event: Obj | None, advertised: frozenset[str] | None = None) -> PendingPod | None:
+    """The Pending pod's view, or None when it asks for no Neuron resource. `advertised`: the Neuron resource
+    names some node's capacity lists (None = unknown, no warning about them)."""
     requests = neuron_requests(pod)
     if not requests:
         return None
@@ -248,8 +314,7 @@ def build_pending(pod: Obj, event: Obj | None) -> PendingPod | None:
         warnings.append(
             f"scheduled by {scheduler}, not {NEURON_SCHEDULER}: its device IDs are not guaranteed contiguous"
         )
-    if len(requests) > 1:
-        warnings.append("asks for both whole devices and NeuronCores")
+    warnings.extend(_request_warnings(requests, advertised))
     scheduled = _condition(pod, "PodScheduled")
     if event is not None:
         reason, message = str(event.get("reason", "")), str(event.get("message", ""))
@@ -274,13 +339,14 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
-def build_view(
-    nodes: Sequence[Obj], pending_pods: Sequence[Obj], events: Sequence[Obj], now: datetime
-) -> ClusterView:
+def build_view(nodes: Sequence[Obj], pending_pods: Sequence[Obj], events: Sequence[Obj], now: datetime) -> ClusterView:
     views = (build_node(n, now) for n in nodes if is_neuron_node(n))
     node_views = tuple(sorted(views, key=lambda v: natural_key(v.name)))
     latest = latest_events_by_pod(events)
-    pending = [build_pending(p, latest.get((p.get("metadata") or {}).get("uid", ""))) for p in pending_pods]
+    advertised = frozenset(
+        name for n in nodes for name in ((n.get("status") or {}).get("capacity") or {}) if name in _NAMES.values()
+    )
+    pending = [build_pending(p, latest.get((p.get("metadata") or {}).get("uid", "")), advertised) for p in pending_pods]
     return ClusterView(
         nodes=node_views,
         pending=tuple(sorted((p for p in pending if p is not None), key=lambda p: p.key)),

@@ -26,9 +26,9 @@ from neuronalloc.nodestate import (
 )
 from neuronalloc.ranges import RangeListError, decode_ranges, encode_ranges
 from neuronalloc.refusal import Refusal
-from neuronalloc.resources import Resource
+from neuronalloc.resources import DEVICE_RESOURCES, Resource
 from neuronalloc.topology import ALIGNED_SIZES, Rule, Topology
-from neuronalloc.usage import free_sets
+from neuronalloc.usage import free_sets, usable_through
 
 __all__ = [
     "ALIGNED_SIZES",
@@ -36,6 +36,7 @@ __all__ = [
     "CATALOG",
     "CORE_POLICY",
     "DEVICE_POLICY",
+    "DEVICE_RESOURCES",
     "UNKNOWN_INSTANCE_TYPE",
     "InstanceType",
     "NodeState",
@@ -62,5 +63,6 @@ __all__ = [
     "largest_free_block",
     "lookup_instance_type",
     "resolve_topology",
+    "usable_through",
     "with_cores_per_device",
 ]

@@ -8,7 +8,7 @@ Rules checked by Allocate, in order (the first broken rule is reported):
   3. block_rule       - not a contiguous/aligned block (neuronalloc.check_block) -> INVALID_ARGUMENT
   4. podresources_stale - no PodResources read, or none fresh: what is in use is unknown -> FAILED_PRECONDITION
   5. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
-  6. shared_hardware  - on hardware held through the other resource -> FAILED_PRECONDITION
+  6. shared_hardware  - on hardware held through another resource name -> FAILED_PRECONDITION
 GetPreferredAllocation refuses on rule 4 too: it must never pick from hardware it cannot see.
 """
 
@@ -125,7 +125,7 @@ def require_fresh(view: NodeView, resource: Resource, ids: str) -> None:
 
 
 def devices_of(topology: Topology, resource: Resource, ids: Sequence[int]) -> tuple[int, ...]:
-    return tuple(sorted(set(ids) if resource is Resource.NEURON else topology.devices_of_cores(ids)))
+    return tuple(sorted(set(ids) if resource.whole_devices else topology.devices_of_cores(ids)))
 
 
 def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
@@ -153,20 +153,20 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
         )
     taken = sorted(set(ids) - view.usable(resource))
     if taken:
-        other = Resource.NEURONCORE if resource is Resource.NEURON else Resource.NEURON
+        others = " or ".join(other.value for other in Resource if other is not resource)
         raise AllocationRejected(
             Rejection.FAILED_PRECONDITION,
             "shared_hardware",
             encode_ranges(ids),
             f"{resource.value} [{encode_ranges(ids)}]: [{encode_ranges(taken)}] share hardware with "
-            f"{other.value} in use (a device with a core in use is not free as a device, and the reverse)",
+            f"{others} in use (a device with a core in use is not free as a device, and the reverse)",
         )
     return ids
 
 
 def grant(topology: Topology, device_root: Path, resource: Resource, ids: Sequence[int]) -> Grant:
     devices = devices_of(topology, resource, ids)
-    cores = tuple(sorted(topology.cores_of_devices(ids))) if resource is Resource.NEURON else tuple(ids)
+    cores = tuple(sorted(topology.cores_of_devices(ids))) if resource.whole_devices else tuple(ids)
     paths = tuple((str(device_root / f"neuron{d}"), f"{CONTAINER_DEVICE_DIR}/neuron{d}") for d in devices)
     return Grant(devices, cores, paths)
 

@@ -2,9 +2,10 @@
 and a per-node device map.
 
 It starts etcd, kube-apiserver, kube-scheduler (deploy/'s configuration), one inf1.6xlarge, inf1.24xlarge,
-inf2.48xlarge and trn1.32xlarge node (real kubelet device manager + our plugin each) and our extender; runs
-mixed device and NeuronCore pods, one pod that no trn1 block can hold, and one hardware error; prints where
-everything landed; and tears it all down.
+inf2.48xlarge, trn1.32xlarge and trn3.48xlarge node (real kubelet device manager + our plugin each) and our
+extender; runs mixed device and NeuronCore pods, pods of old specs asking `aws.amazon.com/neurondevice` (one of
+them on the Trn3 node), one pod that no trn1 block can hold, and one hardware error; prints where everything
+landed; and tears it all down.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ NODES = {
     "inf1-24xl": "inf1.24xlarge",
     "inf2-48xl": "inf2.48xlarge",
     "trn1-32xl": "trn1.32xlarge",
+    "trn3-48xl": "trn3.48xlarge",
 }
 WORKLOAD = [
     ("train-8", Resource.NEURON, 8),
@@ -38,6 +40,7 @@ WORKLOAD = [
     ("cores-4", Resource.NEURONCORE, 4),
     ("cores-2", Resource.NEURONCORE, 2),
     ("cores-1", Resource.NEURONCORE, 1),
+    ("old-spec-2", Resource.NEURONDEVICE, 2),  # a pod spec written for AWS's older plugin
 ]
 
 
@@ -66,6 +69,18 @@ def main(argv: list[str] | None = None) -> int:
             pool.assert_block_ok(pool.allocation(name), resource, count)
         pool.assert_no_overcommit()
         print("every pod Running on a contiguous block; no device or core handed out twice.")
+
+        # An old pod spec on the Trn3 node: 3 devices, a block Trn3's consecutive-ID rule allows (trn1's torus not).
+        old = pool.create("old-spec-3", Resource.NEURONDEVICE, 3, instance_type="trn3.48xlarge")
+        pool.wait_phase([old], timeout=90)
+        alloc = pool.allocation(old)
+        pool.assert_block_ok(alloc, Resource.NEURONDEVICE, 3)
+        pool.assert_no_overcommit()
+        held = alloc.of(Resource.NEURONDEVICE)
+        print(
+            f"pod {old} asks {Resource.NEURONDEVICE.value}: 3 and runs on {alloc.node}, devices "
+            f"{held[0]}-{held[-1]} (NEURON_RT_VISIBLE_CORES={alloc.envs['NEURON_RT_VISIBLE_CORES']})."
+        )
 
         refused = pool.create("trn1-needs-3", Resource.NEURON, 3, instance_type="trn1.32xlarge")
         trn1 = f"{pool.name}-trn1-32xl"

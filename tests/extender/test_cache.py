@@ -136,3 +136,19 @@ def test_the_state_key_tells_a_garbled_observed_at_from_a_good_one(observed: str
     assert (state_key(other) == state_key(good)) == decodes
     missing = {k: v for k, v in good.items() if k != "neuron-contig.io/observed-at"}
     assert state_key(missing) != state_key(good)
+
+
+def test_the_watch_fed_view_names_unhealthy_devices_in_filter_and_bind() -> None:
+    """The NodeNames path and bind judge from the view's predicted free sets, not through `judge_node`: a node
+    short of a block because hardware failed says so there too (the health issue's wording)."""
+    view = ClusterView(clock=Clock())
+    sick = node_state("inf2.48xlarge", used_devices=range(8), unhealthy=[9])
+    view.apply("nodes", "SYNC", (node_doc("sick", sick),))
+    view.apply("pods", "SYNC", ())
+    four = single(Resource.NEURON, 4)
+    for scored in (False, True):
+        verdict = view.verdict("sick", four, scored=scored)
+        assert verdict.kind == "no_block" and "NeuronDevicesHealthy" in verdict.reason
+    pod = parse_pod(pod_doc("p", neuron=4))
+    at_bind = view.judge_for_bind("sick", sick, pod)
+    assert "NeuronDevicesHealthy" in at_bind.reason and "unhealthy devices 9" in at_bind.detail
