@@ -88,16 +88,25 @@ def serve_extender(port: Any, nodes: int, seed: int, churn_ms: float, heartbeat_
         sys.path.insert(0, tree)
     from aiohttp import web
 
-    from extender.cache import ClusterView
     from extender.main import tune_gc
     from extender.metrics import ExtenderMetrics
     from extender.server import ServerSettings, build_app
 
+    view: Any
+    try:
+        from extender.cache import ClusterStore
+        from extender.verdicts import Verdicts
+
+        view = Verdicts(ClusterStore())
+    except ImportError:  # an older tree (--tree), where one ClusterView was both the store and the verdicts
+        from extender.cache import ClusterView  # type: ignore[attr-defined]
+
+        view = ClusterView()
+        view.store = view
     rng = random.Random(seed)
-    view = ClusterView()
     current = {f"node-{i}": random_node(f"node-{i}", rng) for i in range(nodes)}
-    view.apply("nodes", "SYNC", tuple(current.values()))
-    view.apply("pods", "SYNC", ())
+    view.store.apply("nodes", "SYNC", tuple(current.values()))
+    view.store.apply("pods", "SYNC", ())
     tune_gc()  # as `neuron-scheduler-extender` does at start
 
     # Made before serving, as JSON: in the loop a change costs what a watch event costs the extender (decode
@@ -110,7 +119,7 @@ def serve_extender(port: Any, nodes: int, seed: int, churn_ms: float, heartbeat_
                 await asyncio.sleep(churn_ms / 1000)
                 doc = orjson.loads(change)
                 current[doc["metadata"]["name"]] = doc
-                view.apply("nodes", "MODIFIED", (doc,))
+                view.store.apply("nodes", "MODIFIED", (doc,))
 
         async def heartbeats() -> None:
             for beat, name in enumerate(itertools.cycle(list(current))):
@@ -120,7 +129,7 @@ def serve_extender(port: Any, nodes: int, seed: int, churn_ms: float, heartbeat_
                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_795_000_000 + beat)
                 )
                 current[name] = doc
-                view.apply("nodes", "MODIFIED", (doc,))
+                view.store.apply("nodes", "MODIFIED", (doc,))
 
         tasks = [asyncio.create_task(change_states())] if churn_ms > 0 else []
         tasks += [asyncio.create_task(heartbeats())] if heartbeat_s > 0 else []

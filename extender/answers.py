@@ -10,8 +10,8 @@ with `itertools.compress`, and join each name's JSON string (`orjson.dumps`) to 
 The verdict an outcome keeps has no `blocks` and no `detail` (the node's own IDs): those differ from node to
 node, and only logs and bind errors show them, which judge the node again.
 
-`ClusterView` records a node's verdict and forgets it in one call each, so a memo never answers with a verdict
-older than the node state it came from.
+`extender.verdicts.Verdicts` records a node's verdict and forgets it in one call each, so a memo never answers
+with a verdict older than the node state it came from.
 """
 
 from __future__ import annotations

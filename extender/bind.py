@@ -12,7 +12,7 @@ is bound. Bind closes that gap:
    already. The node: known to the watch, its published state serving, and its device plugin answering
    /readyz for this node now (`extender.probe`).
 3. How it decides. From the watch-fed view plus this replica's own claims (bindings in flight, made, or of
-   unknown outcome: `ClusterView.hold`), under a per-node lock, with no read from the API server; its cost
+   unknown outcome: `ClusterStore.hold`), under a per-node lock, with no read from the API server; its cost
    grows with the pods of that node, never with the cluster. Then one write: the Binding POST.
 4. Why that is safe with any number of replicas. Every binding comes from the Lease holder (1). The holder
    counts each binding it starts, from before the POST until its watch shows the pod (3), so two of its binds
@@ -44,13 +44,14 @@ from typing import Any
 
 import orjson
 
-from extender.cache import UNKNOWN, ClusterView
+from extender.cache import UNKNOWN
 from extender.forward import Forwarder
 from extender.kube import ApiException, KubeApi
 from extender.lease import BinderLease
 from extender.metrics import BIND_REASONS
 from extender.podcache import SeenPods
 from extender.probe import PluginProbe
+from extender.verdicts import Verdicts
 from extender.wire import BindingArgs, PodInfo, WireError, parse_pod
 from neuronalloc.text import quote, shorten
 from neuronlog import get_logger
@@ -109,7 +110,7 @@ class Binder:
     def __init__(
         self,
         api: KubeApi,
-        view: ClusterView,
+        verdicts: Verdicts,
         seen: SeenPods | None = None,
         *,
         settings: BindSettings = BindSettings(),  # noqa: B008 - frozen, shared safely
@@ -120,7 +121,8 @@ class Binder:
         on_outcome: Callable[[BindOutcome], None] = lambda outcome: None,
     ) -> None:
         self._api = api
-        self._view = view
+        self._view = verdicts.store
+        self._verdicts = verdicts
         self._seen = seen if seen is not None else SeenPods()
         self.settings = settings
         self.lease = lease  # main sets it once the listening port, hence the binder URL, is known
@@ -345,7 +347,7 @@ class Binder:
             return refused
         state, _ = self._view.node_state(node)
         assert state is not None
-        verdict = self._view.judge_for_bind(node, state, pod)
+        verdict = self._verdicts.judge_for_bind(node, state, pod)
         if not verdict.fits:
             because = f"{verdict.reason} ({verdict.detail})" if verdict.detail else verdict.reason
             return BindOutcome(verdict.kind, f"pod {key} no longer fits node {node}: {because}")

@@ -17,15 +17,8 @@ pods it shows that the view did not have are placed after every pod it had (they
 was not looking), among themselves by the PodScheduled time, and pods of one node it cannot tell apart share a
 place (judged in every order).
 
-Speed: a verdict depends only on (node state, pods bound to it, request shape), so verdicts are memoised per
-request shape, per node (`extender.answers`), and a node's entries are dropped the moment its state or its
-pods change; the free sets its pending pods leave are kept per node too, so a change is predicted once, not
-once per shape. The memo is bounded by entries (`_MEMO_ENTRIES`), not by a count of shapes: a cluster with N
-nodes keeps about `_MEMO_ENTRIES / 2N` shapes warm (100 at 5,000 nodes). Past that, the shape evicted is the
-least used, the newest of those on a tie, so a workload that cycles through more shapes than fit keeps most of
-them warm instead of evicting each just before it returns. A reply at 5,000 nodes is built by C-level passes
-over the memo. A warmer recomputes what changed, and fills a new shape for every node, in slices between the
-requests that read the memo (filter, prioritize): a bind waiting on the API server does not hold it back.
+What the verbs conclude from this store (verdicts, their memo and its warmer) is `extender.verdicts`: the store
+tells it which node changed (`subscribe`), and it reads the store, never the other way round.
 
 All methods run on the event loop thread; watch threads hand events over with `loop.call_soon_threadsafe`.
 """
@@ -33,47 +26,27 @@ All methods run on the event loop thread; watch threads hand events over with `l
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import functools
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, KeysView, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, example_of
-from extender.fit import (
-    FreeStates,
-    PendingPod,
-    Verdict,
-    judge_node,
-    judge_node_states,
-    node_free_states,
-    not_serving,
-    unknown,
-)
+from extender.fit import PendingPod
 from extender.ratelog import Throttle
-from extender.requests import PodRequest, Shape
-from extender.wire import NodeInfo, PodInfo, WireError, object_key, parse_node, parse_pod
+from extender.wire import PodInfo, WireError, object_key, parse_node, parse_pod
 from neuronalloc import ANNOTATION_PREFIX, NodeState, NodeStateError, decode_node_state
 from neuronalloc.nodestate import OBSERVED_AT
 from neuronlog import get_logger
 
-__all__ = ["ClusterView", "holds_devices", "state_key"]
+__all__ = ["BOUND", "IN_FLIGHT", "UNKNOWN", "ClusterStore", "StateKey", "holds_devices", "state_key"]
 
 log = get_logger(__name__)
 
 StateKey = tuple[tuple[str, str], ...]
-_Reply = TypeVar("_Reply")
-_MEMO_LIMIT = 50_000  # request-mode memo entries before the memo is cleared (bounded memory, never wrong)
-# Node x shape verdicts memoised in NodeNames mode, filter's and prioritize's together: one dict slot each
-# (outcomes are interned), about 64 MB at most. Shapes kept: this over twice the node count, within these bounds.
-_MEMO_ENTRIES = 1_000_000
-_MIN_SHAPES = 16
-_MAX_SHAPES = 512
-_AGING = 4  # every _AGING x (shapes kept) requests, every shape's use count is halved
+_DECODED_LIMIT = 50_000  # decoded states kept before the memo is cleared (bounded memory, never wrong)
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -150,28 +123,6 @@ def _evidence(pod: PodInfo) -> str:
     return pod.scheduled or pod.created
 
 
-@dataclass(slots=True)
-class _ShapeMemos:
-    """Both memos of one request shape (filter asks unscored, cheaper; prioritize scored), and how it is used."""
-
-    request: PodRequest  # a request of this shape, to judge it with
-    admitted: int  # the request count when it was admitted
-    uses: int = 1
-    unscored: FilterMemo = field(default_factory=FilterMemo)
-    scored: ScoreMemo = field(default_factory=ScoreMemo)
-
-    def forget(self, name: str) -> None:
-        self.unscored.outcomes.pop(name, None)
-        self.scored.outcomes.pop(name, None)
-
-    @property
-    def entries(self) -> int:
-        return len(self.unscored.outcomes) + len(self.scored.outcomes)
-
-
-_MISSING: Any = object()
-
-
 @dataclass
 class _Node:
     key: StateKey
@@ -190,7 +141,9 @@ class _Claim:
     at: float  # when it entered that state
 
 
-class ClusterView:
+class ClusterStore:
+    """Nodes and bound pods from the watches, and this replica's claims (see the module docstring)."""
+
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, binding_ttl: float = 300.0) -> None:
         self._clock = clock
         self._binding_ttl = binding_ttl
@@ -206,23 +159,9 @@ class ClusterView:
         self._lists: dict[str, int] = {}  # kind -> full lists applied so far
         self._listed = asyncio.Event()
         self._decoded: dict[StateKey, NodeState | str] = {}
-        self._request_memo: dict[tuple[StateKey, int, Shape, bool], Verdict] = {}
         self._synced: set[str] = set()
-        # Per node: the free sets its pending pods leave (`extender.fit.node_free_states`), until it changes.
-        self._free: dict[str, FreeStates] = {}
-        # Per request shape, its verdicts by node (most recently admitted last); a node's are dropped from every
-        # shape in one place (`_changed`).
-        self._memos: dict[Shape, _ShapeMemos] = {}
-        self._requests = 0  # filter and prioritize requests answered from the memo, for use counts and aging
-        # The warmer's work: nodes whose verdicts changed (every shape), shapes new to the memo (every node).
-        self._dirty: dict[str, None] = {}
-        self._cold: dict[Shape, Iterator[str]] = {}
-        self._wake = asyncio.Event()
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._listeners: list[Callable[[str], None]] = []  # told the name of each node whose state or pods change
         self._last_contact = clock()
-        self.judged_in_requests = 0  # verdicts computed while answering a request, not by the warmer
 
     # ---- what the watches feed -------------------------------------------------------------------------
 
@@ -240,7 +179,7 @@ class ClusterView:
         entry = self._nodes.get(node.name)
         if entry is not None and entry.key == key:
             return node.name
-        state, problem = self._decode(key, node.annotations)
+        state, problem = self.decode(key, node.annotations)
         self._nodes[node.name] = _Node(key, state, problem)
         self._changed(node.name)
         return node.name
@@ -401,8 +340,8 @@ class ClusterView:
         return claim.node if claim is not None and claim.state != UNKNOWN else ""
 
     def remembered_on(self, node: str) -> tuple[PendingPod, ...]:
-        """This replica's claims on `node` the watch has not shown yet. Pure read: expiry happens before
-        judging starts (`expire_remembered`), so the memo never changes in the middle of a request."""
+        """This replica's claims on `node` the watch has not shown yet. Pure read: expiry happens where judging
+        starts (`extender.verdicts` calls `expire_remembered` first), so a verdict never changes half-way."""
         return tuple(c.pod for c in self._claims_on.get(node, {}).values())
 
     def _set_claim(self, key: str, claim: _Claim) -> None:
@@ -479,195 +418,21 @@ class ClusterView:
     def size(self) -> int:
         return len(self._nodes)
 
-    @property
-    def warm_backlog(self) -> int:
-        """Nodes whose verdicts are still to be recomputed, plus shapes still to be filled for every node."""
-        return len(self._dirty) + len(self._cold)
+    def names(self) -> KeysView[str]:
+        """The nodes the watch has (a live view)."""
+        return self._nodes.keys()
 
-    @property
-    def memo_entries(self) -> int:
-        """Node x shape verdicts memoised (filter's and prioritize's)."""
-        return sum(memos.entries for memos in self._memos.values())
+    def pods_version(self, node: str) -> int:
+        """A number that changes whenever the pods counted against `node` change (watch or claims)."""
+        return self._pods_version.get(node, 0)
 
-    @property
-    def shapes_kept(self) -> int:
-        """How many request shapes the memo keeps at this cluster size (see `_MEMO_ENTRIES`)."""
-        return max(_MIN_SHAPES, min(_MAX_SHAPES, _MEMO_ENTRIES // (2 * max(1, len(self._nodes)))))
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(node)` whenever the node's state or the pods counted against it change."""
+        self._listeners.append(listener)
 
     def staleness_seconds(self) -> float:
         """Seconds since the API server was last heard from."""
         return max(0.0, self._clock() - self._last_contact)
-
-    def filter_answer(self, names: Sequence[str], request: PodRequest) -> FilterAnswer:
-        """NodeNames mode: filter's answer for `names`, from the memo; only nodes not judged yet cost Python."""
-        memo = self._memos_for(request, note=True).unscored
-        answer = self._read_filled(memo, memo.answer, names, request, scored=False)
-        if not answer.passed and answer.example:
-            # The memo keeps no node's specifics: the one node the log shows is judged again, with them.
-            name = answer.example.split(": ", 1)[0]
-            answer = dataclasses.replace(answer, example=example_of(name, self._judge_cached(name, request, False)))
-        return answer
-
-    def priority_reply(self, names: Sequence[str], request: PodRequest) -> bytes:
-        """NodeNames mode: prioritize's HostPriorityList for `names`, from the memo."""
-        memo = self._memos_for(request, note=True).scored
-        return self._read_filled(memo, memo.reply, names, request, scored=True)
-
-    def _read_filled(
-        self,
-        memo: FilterMemo | ScoreMemo,
-        read: Callable[[Sequence[str]], _Reply | None],
-        names: Sequence[str],
-        request: PodRequest,
-        *,
-        scored: bool,
-    ) -> _Reply:
-        """`read(names)`, after judging the names the memo lacks (`read` gives None while any is missing). Names
-        the view has no node for are judged for this request only: a request naming made-up nodes must not grow
-        the memo."""
-        found = read(names)
-        if found is not None:
-            return found
-        missing = set(names) - memo.outcomes.keys()
-        self.judged_in_requests += len(missing)
-        ghosts = missing - self._nodes.keys()
-        for name in missing - ghosts:
-            memo.record(name, self._judge_cached(name, request, scored))
-        if ghosts:
-            memo = type(memo)()
-            memo.outcomes = {**read.__self__.outcomes}  # type: ignore[attr-defined]
-            for name in ghosts:
-                memo.record(name, self._judge_cached(name, request, scored))
-            read = memo.answer if isinstance(memo, FilterMemo) else memo.reply  # type: ignore[assignment]
-        found = read(names)
-        assert found is not None, "every name was just judged"
-        return found
-
-    def remembers_shape(self, request: PodRequest) -> bool:
-        """Whether verdicts for this request shape are memoised."""
-        return request.shape in self._memos
-
-    def _memos_for(self, request: PodRequest, *, note: bool) -> _ShapeMemos:
-        # The warmer asks with note=False: its work must not count as use of a shape.
-        self.expire_remembered()
-        memos = self._memos.get(request.shape)
-        if note:
-            self._requests += 1
-            if self._requests % (_AGING * self.shapes_kept) == 0:
-                for kept in self._memos.values():
-                    kept.uses //= 2
-        if memos is None:
-            memos = self._admit_shape(request)
-        elif note:
-            memos.uses += 1
-        return memos
-
-    def _admit_shape(self, request: PodRequest) -> _ShapeMemos:
-        """A shape new to the memo: room is made (see the module docstring), and the warmer fills it in for
-        every node, so the next pod like this one finds it warm."""
-        room = self.shapes_kept
-        while len(self._memos) >= room:
-            victim = min(self._memos, key=lambda shape: (self._memos[shape].uses, -self._memos[shape].admitted))
-            del self._memos[victim]
-            self._cold.pop(victim, None)
-        memos = self._memos[request.shape] = _ShapeMemos(request, self._requests)
-        self._cold[request.shape] = iter(list(self._nodes))
-        self._wake.set()
-        return memos
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[None]:
-        """Marks a request that reads the memo (filter, prioritize) being answered: the warmer starts no slice
-        while one is, and yields to it between slices. Binds are not marked: a bind waits on the API server for
-        milliseconds, and the warmer's slices fit in between."""
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
-
-    async def warm_forever(self, slice_seconds: float = 0.0005) -> None:
-        """Recompute the verdicts of kept shapes on nodes that changed, and fill new shapes, in slices short
-        enough that a request arriving mid-slice waits at most `slice_seconds`; between slices every callback
-        that is ready (a request's bytes, a watch event) runs first."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._dirty or self._cold:
-                await self._idle.wait()
-                self._warm_slice(slice_seconds)
-                await asyncio.sleep(0)
-
-    def _warm_slice(self, budget: float) -> None:
-        deadline = time.perf_counter() + budget
-        while self._dirty:
-            name = next(iter(self._dirty))
-            if name in self._nodes:
-                for memos in list(self._memos.values()):
-                    self._warm(name, memos)
-                    if time.perf_counter() > deadline:
-                        return  # the shapes done are memoised; the rest next slice
-            del self._dirty[name]
-        while self._cold:
-            shape, names = next(iter(self._cold.items()))
-            memos = self._memos[shape]
-            for name in names:
-                if name in self._nodes:
-                    self._warm(name, memos)
-                    if time.perf_counter() > deadline:
-                        return
-            del self._cold[shape]
-
-    def _warm(self, name: str, memos: _ShapeMemos) -> None:
-        # Filter asks about every node; prioritize only about those that pass.
-        found = memos.unscored.outcomes.get(name)
-        if found is None:
-            verdict = self._judge_cached(name, memos.request, False)
-            memos.unscored.record(name, verdict)
-            fits = verdict.fits
-        else:
-            fits = found.passes
-        if fits and name not in memos.scored.outcomes:
-            memos.scored.record(name, self._judge_cached(name, memos.request, True))
-
-    def verdict(self, name: str, request: PodRequest, *, scored: bool = True) -> Verdict:
-        """NodeNames mode: the verdict from the cached node state (unscored is cheaper, for filter), as the memo
-        keeps it (no blocks, no detail)."""
-        memos = self._memos_for(request, note=False)
-        memo = memos.scored if scored else memos.unscored
-        found = memo.outcomes.get(name)
-        if found is None:
-            memo.record(name, self._judge_cached(name, request, scored))
-            found = memo.outcomes[name]
-        return found.verdict
-
-    def _judge_cached(self, name: str, request: PodRequest, scored: bool) -> Verdict:
-        entry = self._nodes.get(name)
-        if entry is None:
-            return unknown("node is not in the extender's node cache (not watched yet, or deleted)")
-        return self._judge(name, entry.state, entry.problem, request, scored)
-
-    def verdict_for(self, node: NodeInfo, request: PodRequest, *, scored: bool = True) -> Verdict:
-        """Nodes mode: the verdict from the annotations in the request (plus pods the cache knows are bound).
-        Called once per node: the caller expires remembered bindings once per request (`expire_remembered`)."""
-        key = state_key(node.annotations)
-        memo_key = (key, self._pods_version.get(node.name, 0), request.shape, scored)
-        found = self._request_memo.get(memo_key)
-        if found is None:
-            state, problem = self._decode(key, node.annotations)
-            if state is None:
-                found = unknown(problem)
-            elif not state.serving:
-                found = not_serving(state.not_serving_reason)
-            else:
-                found = judge_node(state, self.pending_on(node.name), request, scored=scored)
-            if len(self._request_memo) >= _MEMO_LIMIT:
-                self._request_memo.clear()
-            self._request_memo[memo_key] = found
-        return found
 
     def pending_on(self, node: str) -> tuple[PendingPod, ...]:
         """Every pod bound to the node as far as this replica knows (watch + its own recent bindings)."""
@@ -680,16 +445,6 @@ class ClusterView:
             return None, "node is not in the extender's node cache (not watched yet, or deleted)"
         return entry.state, entry.problem
 
-    def judge_for_bind(self, name: str, state: NodeState, pod: PodInfo) -> Verdict:
-        """The pod's verdict on the node from the watch-fed view plus this replica's claims, the pod's own claim
-        left out (a retried bind must not count itself). Unmemoised, with the node's specifics in `detail`:
-        its cost is the node's unpublished pods, never the cluster's."""
-        self.expire_remembered()
-        pending = self.pending_on(name)
-        if all(p.key != pod.key for p in pending) and self._nodes.get(name, _MISSING_NODE).state is state:
-            return judge_node_states(state, self._free_states(name, state), pod.request, scored=False)
-        return judge_node(state, [p for p in pending if p.key != pod.key], pod.request, scored=False)
-
     def with_remembered(self, node: str, known: Mapping[str, PendingPod]) -> tuple[PendingPod, ...]:
         """The `known` claims on the node (pod key -> claim), then this replica's bindings to it that `known`
         does not hold yet."""
@@ -697,21 +452,7 @@ class ClusterView:
 
     # ---- internals -------------------------------------------------------------------------------------
 
-    def _judge(self, name: str, state: NodeState | None, problem: str, request: PodRequest, scored: bool) -> Verdict:
-        if state is None:
-            return unknown(problem)
-        if not state.serving:
-            return not_serving(state.not_serving_reason)
-        return judge_node_states(state, self._free_states(name, state), request, scored=scored)
-
-    def _free_states(self, name: str, state: NodeState) -> FreeStates:
-        """The free sets the node may have once its pending pods are admitted, predicted once per change."""
-        found = self._free.get(name, _MISSING)
-        if found is _MISSING:
-            found = self._free[name] = node_free_states(state, self.pending_on(name))
-        return found  # type: ignore[no-any-return]
-
-    def _decode(self, key: StateKey, annotations: Mapping[str, str]) -> tuple[NodeState | None, str]:
+    def decode(self, key: StateKey, annotations: Mapping[str, str]) -> tuple[NodeState | None, str]:
         """The state `annotations` describe, memoised by `key` (`state_key` of them): two states that differ
         only in `observed-at` share one decoded state, whose `observed_at` is the first one seen."""
         decoded = self._decoded.get(key)
@@ -723,7 +464,7 @@ class ClusterView:
                     decoded = decode_node_state(annotations)
                 except NodeStateError as err:
                     decoded = f"node state annotations: {err}"
-            if len(self._decoded) >= _MEMO_LIMIT:
+            if len(self._decoded) >= _DECODED_LIMIT:
                 self._decoded.clear()
             self._decoded[key] = decoded
         return (None, decoded) if isinstance(decoded, str) else (decoded, "")
@@ -740,15 +481,12 @@ class ClusterView:
         self._changed(node)
 
     def _changed(self, node: str) -> None:
-        """The node's state or pods changed: forget its verdicts, and have the warmer recompute them."""
-        self._free.pop(node, None)
-        for memos in self._memos.values():
-            memos.forget(node)
-        if self._memos:
-            self._dirty[node] = None
-            self._wake.set()
+        """The node's state or pods changed: whoever memoises verdicts forgets the node's."""
+        for listener in self._listeners:
+            listener(node)
 
     def expire_remembered(self) -> None:
+        """Drop claims the pod watch has not confirmed within `binding_ttl` (never one in flight)."""
         if not self._expiring:
             return
         deadline = self._clock() - self._binding_ttl
@@ -762,6 +500,3 @@ class ClusterView:
                 rule="the pod watch did not show this binding within the ttl",
             )  # fmt: skip
             self._drop_claim(key)
-
-
-_MISSING_NODE = _Node((), None, "")

@@ -21,7 +21,7 @@ from aiohttp import web
 from kubernetes.config import ConfigException
 
 from extender.bind import Binder, BindSettings
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.forward import Forwarder
 from extender.kube import KINDS, KubeApi, Reflector, WatchEvent
 from extender.lease import BinderLease, LeaseSettings, binder_identity
@@ -32,6 +32,7 @@ from extender.probe import PluginProbe
 from extender.ratelog import Throttle
 from extender.server import ServerSettings, build_app, build_metrics_app
 from extender.tls import TlsFiles
+from extender.verdicts import Verdicts
 from neuroncli.flags import Flag, add_flags
 from neuronlog import configure_logging, get_logger
 
@@ -145,12 +146,12 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 
 def reflectors_for(
-    api: KubeApi, view: ClusterView, loop: asyncio.AbstractEventLoop, *, watch_timeout: int
+    api: KubeApi, store: ClusterStore, loop: asyncio.AbstractEventLoop, *, watch_timeout: int
 ) -> list[Reflector]:
-    """Node and pod reflectors that feed `view` on `loop` (not started)."""
+    """Node and pod reflectors that feed `store` on `loop` (not started)."""
 
     def deliver(event: WatchEvent) -> None:
-        loop.call_soon_threadsafe(view.apply, event.kind, event.type, event.objects)
+        loop.call_soon_threadsafe(store.apply, event.kind, event.type, event.objects)
 
     return [Reflector(api, kind, deliver, watch_timeout=watch_timeout) for kind in KINDS]
 
@@ -182,9 +183,10 @@ def throttle_library_logs() -> None:
 
 async def _serve(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
-    view = ClusterView()
+    store = ClusterStore()
+    verdicts = Verdicts(store)
     metrics = ExtenderMetrics()
-    metrics.watch_cache(lambda: view.size, view.staleness_seconds)
+    metrics.watch_cache(lambda: store.size, store.staleness_seconds)
     tls = _tls_files(cfg, metrics)
     identity = binder_identity()
     api: KubeApi | None = None
@@ -201,10 +203,10 @@ async def _serve(cfg: Config) -> int:
                 rule="without --standalone the extender needs an API server for its node cache and bind",
             )
             return 2
-        reflectors = reflectors_for(api, view, loop, watch_timeout=cfg.watch_timeout)
+        reflectors = reflectors_for(api, store, loop, watch_timeout=cfg.watch_timeout)
         pods = next(r for r in reflectors if r.kind == "pods")
         binder = Binder(
-            api, view, SeenPods(), settings=BindSettings(scheduler_name=cfg.scheduler_name),
+            api, verdicts, SeenPods(), settings=BindSettings(scheduler_name=cfg.scheduler_name),
             forwarder=Forwarder(identity, tls.client_context if tls else None), probe=PluginProbe(),
             refresh_pods=pods.relist, on_outcome=lambda o: metrics.bind_outcome(o.reason, o.forwarded, o.ok),
         )  # fmt: skip
@@ -221,7 +223,7 @@ async def _serve(cfg: Config) -> int:
                     rule="--max-connections lowered to fit under the file-descriptor limit")  # fmt: skip
     limits = ConnectionLimits(max_connections=max_connections, header_timeout=cfg.header_timeout,
                               idle_timeout=cfg.idle_timeout)  # fmt: skip
-    main_runner = web.AppRunner(build_app(settings, view, binder, metrics), access_log=None, handle_signals=False)
+    main_runner = web.AppRunner(build_app(settings, verdicts, binder, metrics), access_log=None, handle_signals=False)
     runners = [main_runner]
     await main_runner.setup()
     listeners = [
@@ -229,7 +231,7 @@ async def _serve(cfg: Config) -> int:
                  on_reject=metrics.http_rejected, name="http"),
     ]  # fmt: skip
     if cfg.metrics_port:
-        metrics_runner = web.AppRunner(build_metrics_app(metrics, settings, view), access_log=None,
+        metrics_runner = web.AppRunner(build_metrics_app(metrics, settings, store), access_log=None,
                                        handle_signals=False)  # fmt: skip
         await metrics_runner.setup()
         runners.append(metrics_runner)

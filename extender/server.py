@@ -25,11 +25,12 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from extender.answers import FilterAnswer
 from extender.bind import Binder
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.forward import DEADLINE_HEADER, FORWARDED_HEADER
 from extender.limits import BodyCaps, Budget, Reservation, decoded_estimate
 from extender.metrics import CONTENT_TYPE_LATEST, REJECT_REASONS, VERBS, ExtenderMetrics
 from extender.ratelog import Throttle
+from extender.verdicts import Verdicts
 from extender.wire import (
     ExtenderArgs,
     WireError,
@@ -93,29 +94,28 @@ def _json_response(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type=_JSON)
 
 
-def filter_answer(view: ClusterView, args: ExtenderArgs) -> FilterAnswer:
+def filter_answer(verdicts: Verdicts, args: ExtenderArgs) -> FilterAnswer:
     """Filter's answer in the request's mode: from the memo for NodeNames, node by node for Nodes."""
     request = args.pod.request
     if args.node_names is not None:
-        return view.filter_answer(args.node_names, request)
+        return verdicts.filter_answer(args.node_names, request)
     nodes = args.nodes or ()
-    view.expire_remembered()
-    return FilterAnswer.of((n.name for n in nodes), (view.verdict_for(n, request, scored=False) for n in nodes))
+    return FilterAnswer.of((n.name for n in nodes), (verdicts.verdict_for(n, request, scored=False) for n in nodes))
 
 
-def priority_reply(view: ClusterView, args: ExtenderArgs) -> bytes:
+def priority_reply(verdicts: Verdicts, args: ExtenderArgs) -> bytes:
     """Prioritize's HostPriorityList in the request's mode."""
     request = args.pod.request
     if args.node_names is not None:
-        return view.priority_reply(args.node_names, request)
+        return verdicts.priority_reply(args.node_names, request)
     nodes = args.nodes or ()
-    view.expire_remembered()
-    return encode_priorities((n.name, view.verdict_for(n, request, scored=True).score) for n in nodes)
+    return encode_priorities((n.name, verdicts.verdict_for(n, request, scored=True).score) for n in nodes)
 
 
 def build_app(
-    settings: ServerSettings, view: ClusterView, binder: Binder | None, metrics: ExtenderMetrics
+    settings: ServerSettings, verdicts: Verdicts, binder: Binder | None, metrics: ExtenderMetrics
 ) -> web.Application:
+    store = verdicts.store
     caps = BodyCaps(settings.max_body_bytes, settings.max_names_body_bytes, settings.standalone)
     budget = Budget(settings.max_inflight_bytes)
     metrics.watch_budget(lambda: budget.held)
@@ -181,7 +181,7 @@ def build_app(
             return ""
         if settings.standalone:
             return _STANDALONE
-        if not view.synced:
+        if not store.synced:
             return "the node cache has not finished its first list from the API server yet; retry"
         return ""
 
@@ -196,7 +196,7 @@ def build_app(
         if problem:
             request["result"] = "error"
             return _json_response(encode_filter_result(args, (), {}, {}, error=problem))
-        answer = filter_answer(view, args)
+        answer = filter_answer(verdicts, args)
         passed = answer.passed
         metrics.rejected("unresolvable", answer.unresolvable)
         metrics.rejected("unknown_node", answer.unknown)
@@ -219,7 +219,7 @@ def build_app(
         if problem:
             # HostPriorityList has no error field: an HTTP error is the only way to say it.
             raise _HttpError(400 if settings.standalone else 503, problem)
-        return _json_response(priority_reply(view, args))
+        return _json_response(priority_reply(verdicts, args))
 
     async def bind_handler(request: web.Request) -> web.Response:
         try:
@@ -254,7 +254,7 @@ def build_app(
         try:
             # Filter and prioritize read the memo: the warmer yields to them. Not to binds, which wait on the API
             # server far longer than they use the loop.
-            with view.serving() if verb in _READS_MEMO else contextlib.nullcontext():
+            with verdicts.serving() if verb in _READS_MEMO else contextlib.nullcontext():
                 if verb is not None and request.method == "POST":
                     request["body"], reservation = await read_body(request, verb)
                 async with asyncio.timeout(settings.handler_timeout):
@@ -297,7 +297,7 @@ def build_app(
                 metrics.observe(verb, result, time.perf_counter() - started)
 
     async def warmer(_: web.Application) -> AsyncIterator[None]:
-        task = None if settings.standalone else asyncio.create_task(view.warm_forever())
+        task = None if settings.standalone else asyncio.create_task(verdicts.warm_forever())
         yield
         if task is not None:
             task.cancel()
@@ -309,7 +309,7 @@ def build_app(
     app.router.add_post("/filter", filter_handler)
     app.router.add_post("/prioritize", prioritize_handler)
     app.router.add_post("/bind", bind_handler)
-    _add_health_routes(app, settings, view)
+    _add_health_routes(app, settings, store)
     if settings.serve_metrics:
         _add_metrics_route(app, metrics)
     return app
@@ -322,12 +322,12 @@ def _busy(size: int, budget: Budget) -> str:
     )
 
 
-def _add_health_routes(app: web.Application, settings: ServerSettings, view: ClusterView) -> None:
+def _add_health_routes(app: web.Application, settings: ServerSettings, store: ClusterStore) -> None:
     async def healthz(_: web.Request) -> web.Response:
         return _json_response(b'{"status":"ok"}')
 
     async def readyz(_: web.Request) -> web.Response:
-        if settings.standalone or view.synced:
+        if settings.standalone or store.synced:
             return _json_response(b'{"status":"ready"}')
         return _json_response(encode_error("node and pod caches have not finished their first list"), 503)
 
@@ -344,10 +344,10 @@ def _add_metrics_route(app: web.Application, metrics: ExtenderMetrics) -> None:
     app.router.add_get("/metrics", metrics_handler)
 
 
-def build_metrics_app(metrics: ExtenderMetrics, settings: ServerSettings, view: ClusterView) -> web.Application:
+def build_metrics_app(metrics: ExtenderMetrics, settings: ServerSettings, store: ClusterStore) -> web.Application:
     """/metrics, /healthz and /readyz, for --metrics-port: probes pointed here are never queued behind the
     scheduler's traffic."""
     app = web.Application()
     _add_metrics_route(app, metrics)
-    _add_health_routes(app, settings, view)
+    _add_health_routes(app, settings, store)
     return app

@@ -2,7 +2,7 @@
 byte for byte, and never stale.
 
 The reference is the general path: `FilterAnswer.of` over one verdict at a time and the orjson encoders in
-`wire`, fed by a fresh `ClusterView` that has memoised nothing yet.
+`wire`, fed by a fresh `Verdicts` that has memoised nothing yet.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extender.answers import FilterAnswer, FilterMemo, ScoreMemo
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.fit import FITS, Verdict, not_serving, unknown
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app
+from extender.verdicts import Verdicts
 from extender.wire import encode_filter_reply, encode_priorities, parse_extender_args
 
 from .builders import container, names_args, node_doc, node_state, pod_doc
@@ -76,9 +77,9 @@ POD = pod_doc("p", neuron=2)
 
 def _reference(events: list[tuple[str, str, tuple[Any, ...]]], pod: dict[str, Any]) -> tuple[bytes, bytes]:
     """Filter and prioritize replies the general way, from a fresh view (no memo) given the same events."""
-    view = ClusterView()
+    view = Verdicts(ClusterStore())
     for event in events:
-        view.apply(*event)
+        view.store.apply(*event)
     args = parse_extender_args(names_args(pod, NAMES))
     request = args.pod.request
     answer = FilterAnswer.of(NAMES, [view.verdict(name, request, scored=False) for name in NAMES])
@@ -90,7 +91,7 @@ def _reference(events: list[tuple[str, str, tuple[Any, ...]]], pod: dict[str, An
 
 
 class Served:
-    def __init__(self, http: Http, view: ClusterView, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, http: Http, view: Verdicts, loop: asyncio.AbstractEventLoop) -> None:
         self.http, self.view, self.loop = http, view, loop
         self.events: list[tuple[str, str, tuple[Any, ...]]] = []
 
@@ -98,7 +99,7 @@ class Served:
         """One watch event, applied on the app's loop as the reflectors apply it."""
 
         async def on_loop() -> None:
-            self.view.apply(kind, event_type, docs)
+            self.view.store.apply(kind, event_type, docs)
 
         asyncio.run_coroutine_threadsafe(on_loop(), self.loop).result(10)
         self.events.append((kind, event_type, docs))
@@ -120,7 +121,7 @@ class Served:
 
 @pytest.fixture
 def extender() -> Iterator[Served]:
-    view = ClusterView()
+    view = Verdicts(ClusterStore())
     make_app: Callable[[], Any] = lambda: build_app(ServerSettings(), view, None, ExtenderMetrics())  # noqa: E731
     with served(make_app) as (base, loop):
         ext = Served(Http(base), view, loop)
@@ -150,7 +151,7 @@ def test_pieces_follow_a_pod_bound_to_the_node(extender: Served) -> None:
 
 
 def test_pieces_of_an_evicted_shape_are_dropped_and_rebuilt(extender: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    import extender.cache as cache
+    import extender.verdicts as cache
 
     monkeypatch.setattr(cache, "_MIN_SHAPES", 1)
     monkeypatch.setattr(cache, "_MAX_SHAPES", 4)  # room for four shapes' memos

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from extender.bind import Binder, BindSettings
-from extender.cache import BOUND, IN_FLIGHT, ClusterView
+from extender.cache import BOUND, IN_FLIGHT, ClusterStore
 from extender.kube import KubeApi
 from extender.podcache import SeenPods
+from extender.verdicts import Verdicts
 from extender.wire import BindingArgs, parse_pod
 from neuronalloc import Resource
 
@@ -28,11 +29,11 @@ def api(tmp_path: Path) -> Iterator[tuple[FakeApiServer, KubeApi]]:
         yield fake, KubeApi(str(kubeconfig))
 
 
-def setup(fake: FakeApiServer, kube: KubeApi, **settings: float) -> tuple[ClusterView, Binder]:
-    view = ClusterView()
+def setup(fake: FakeApiServer, kube: KubeApi, **settings: float) -> tuple[Verdicts, Binder]:
+    view = Verdicts(ClusterStore())
     docs = [node_doc(n, node_state("inf1.24xlarge", used_devices=range(4, 16))) for n in ("a", "b")]
-    view.apply("nodes", "SYNC", tuple(docs))
-    view.apply("pods", "SYNC", ())
+    view.store.apply("nodes", "SYNC", tuple(docs))
+    view.store.apply("pods", "SYNC", ())
     seen = SeenPods()
     for name in ("p", "q"):
         fake.put("pods", pod_doc(name, neuron=4))
@@ -53,10 +54,10 @@ def test_a_claim_counts_while_its_post_is_in_flight(api: tuple[FakeApiServer, Ku
     async def scenario() -> None:
         task = binder.start(args("p", "a"), asyncio.get_running_loop().time() + 4.5)
         await asyncio.sleep(0.3)
-        assert view.claim_of("default/p") == ("a", IN_FLIGHT)
+        assert view.store.claim_of("default/p") == ("a", IN_FLIGHT)
         assert view.verdict("a", four).kind == "no_block"  # filter no longer offers the block
         assert (await task).ok
-        assert view.claim_of("default/p") == ("a", BOUND)
+        assert view.store.claim_of("default/p") == ("a", BOUND)
 
     asyncio.run(scenario())
 
@@ -74,7 +75,7 @@ def test_an_unknown_outcome_counts_until_a_later_read_shows_no_binding(api: tupl
         refused = await binder.start(args("q", "a"), loop.time() + 4.5)
         assert refused.reason == "no_block"  # the unknown binding still holds the block
         await asyncio.sleep(1.0)  # the GET after resolve_after finds p unbound: the claim goes
-        assert view.claim_of("default/p") is None
+        assert view.store.claim_of("default/p") is None
         assert (await binder.start(args("q", "a"), loop.time() + 4.5)).ok
 
     asyncio.run(scenario())
@@ -91,7 +92,7 @@ def test_a_pod_found_bound_elsewhere_counts_where_it_is(api: tuple[FakeApiServer
     async def scenario() -> None:
         outcome = await binder.start(args("p", "a"), asyncio.get_running_loop().time() + 4.5)
         assert outcome.reason == "already_bound" and "node b" in outcome.error
-        assert view.claim_of("default/p") == ("b", BOUND)
+        assert view.store.claim_of("default/p") == ("b", BOUND)
         assert view.verdict("b", single(Resource.NEURON, 4)).kind == "no_block"
         assert view.verdict("a", single(Resource.NEURON, 4)).fits
 

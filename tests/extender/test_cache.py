@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extender.cache import ClusterView
-from extender.wire import parse_pod
+from extender.cache import ClusterStore
+from extender.verdicts import Verdicts
+from extender.wire import parse_node, parse_pod
 from neuronalloc import Resource
 
 from .builders import node_doc, node_state, pod_doc
@@ -21,10 +22,10 @@ class Clock:
         return self.now
 
 
-def view_with(clock: Clock) -> ClusterView:
-    view = ClusterView(clock=clock, binding_ttl=60)
-    view.apply("nodes", "SYNC", (node_doc("a", node_state("inf1.6xlarge")),))
-    view.apply("pods", "SYNC", ())
+def view_with(clock: Clock) -> Verdicts:
+    view = Verdicts(ClusterStore(clock=clock, binding_ttl=60))
+    view.store.apply("nodes", "SYNC", (node_doc("a", node_state("inf1.6xlarge")),))
+    view.store.apply("pods", "SYNC", ())
     return view
 
 
@@ -33,57 +34,76 @@ def test_remembered_binding_counts_until_the_watch_shows_the_pod() -> None:
     view = view_with(clock)
     four = single(Resource.NEURON, 4)
     assert view.verdict("a", four).fits
-    view.remember_binding(parse_pod(pod_doc("p", neuron=4)), "a")
+    view.store.remember_binding(parse_pod(pod_doc("p", neuron=4)), "a")
     assert view.verdict("a", four).kind == "no_block"
     # The watch shows it bound: now it counts as a watched pod (once), no longer as a remembered binding.
-    view.apply("pods", "MODIFIED", (pod_doc("p", neuron=4, node_name="a"),))
-    assert view.remembered_on("a") == ()
+    view.store.apply("pods", "MODIFIED", (pod_doc("p", neuron=4, node_name="a"),))
+    assert view.store.remembered_on("a") == ()
     assert view.verdict("a", four).kind == "no_block"
-    view.apply("pods", "DELETED", (pod_doc("p", neuron=4, node_name="a"),))
+    view.store.apply("pods", "DELETED", (pod_doc("p", neuron=4, node_name="a"),))
     assert view.verdict("a", four).fits
 
 
 def test_remembered_binding_expires() -> None:
     clock = Clock()
     view = view_with(clock)
-    view.remember_binding(parse_pod(pod_doc("p", neuron=4)), "a")
+    view.store.remember_binding(parse_pod(pod_doc("p", neuron=4)), "a")
     assert view.verdict("a", single(Resource.NEURON, 1)).kind == "no_block"
     clock.now += 61
     assert view.verdict("a", single(Resource.NEURON, 1)).fits  # expired before judging, memo dropped
-    assert view.remembered_on("a") == ()
+    assert view.store.remembered_on("a") == ()
+
+
+def test_an_expired_binding_is_dropped_by_every_lookup_without_the_caller_asking() -> None:
+    """Nodes mode and bind judge with expiry done inside the lookup: no caller has to remember to expire first
+    (on the old code, `verdict_for` still counted the stale binding unless its caller had expired it)."""
+    clock = Clock()
+    view = view_with(clock)
+    doc = node_doc("a", node_state("inf1.6xlarge"))
+    view.store.remember_binding(parse_pod(pod_doc("p", neuron=4)), "a")
+    one = single(Resource.NEURON, 1)
+    assert view.verdict_for(parse_node(doc), one).kind == "no_block"
+    clock.now += 61
+    assert view.verdict_for(parse_node(doc), one).fits
+    view.store.remember_binding(parse_pod(pod_doc("q", neuron=4)), "a")
+    state, _ = view.store.node_state("a")
+    assert state is not None
+    assert view.judge_for_bind("a", state, parse_pod(pod_doc("r", neuron=1))).kind == "no_block"
+    clock.now += 61
+    assert view.judge_for_bind("a", state, parse_pod(pod_doc("r", neuron=1))).fits
 
 
 def test_pod_moving_or_finishing_releases_its_node() -> None:
     view = view_with(Clock())
-    view.apply("nodes", "ADDED", (node_doc("b", node_state("inf1.6xlarge")),))
-    view.apply("pods", "ADDED", (pod_doc("p", neuron=4, node_name="a", phase="Running"),))
+    view.store.apply("nodes", "ADDED", (node_doc("b", node_state("inf1.6xlarge")),))
+    view.store.apply("pods", "ADDED", (pod_doc("p", neuron=4, node_name="a", phase="Running"),))
     four = single(Resource.NEURON, 4)
     assert [view.verdict(n, four).kind for n in "ab"] == ["no_block", "fit"]
-    view.apply("pods", "MODIFIED", (pod_doc("p", neuron=4, node_name="a", phase="Succeeded"),))
+    view.store.apply("pods", "MODIFIED", (pod_doc("p", neuron=4, node_name="a", phase="Succeeded"),))
     assert [view.verdict(n, four).kind for n in "ab"] == ["fit", "fit"]
 
 
 def test_size_staleness_and_sync() -> None:
     clock = Clock()
-    view = ClusterView(clock=clock)
-    assert not view.synced
-    view.apply("nodes", "SYNC", (node_doc("a", node_state("inf1.6xlarge")), node_doc("b")))
-    view.apply("pods", "SYNC", ())
-    assert view.synced and view.size == 2
+    view = Verdicts(ClusterStore(clock=clock))
+    assert not view.store.synced
+    view.store.apply("nodes", "SYNC", (node_doc("a", node_state("inf1.6xlarge")), node_doc("b")))
+    view.store.apply("pods", "SYNC", ())
+    assert view.store.synced and view.store.size == 2
     clock.now += 42
-    assert view.staleness_seconds() == 42
-    view.apply("nodes", "CONTACT", ())
-    assert view.staleness_seconds() == 0
-    view.apply("nodes", "SYNC", (node_doc("b"),))  # a relist drops nodes that are gone
-    assert view.size == 1
+    assert view.store.staleness_seconds() == 42
+    view.store.apply("nodes", "CONTACT", ())
+    assert view.store.staleness_seconds() == 0
+    view.store.apply("nodes", "SYNC", (node_doc("b"),))  # a relist drops nodes that are gone
+    assert view.store.size == 1
     assert view.verdict("a", single(Resource.NEURON, 1)).reason.startswith("(unknown) node is not in")
 
 
 def test_malformed_watch_objects_are_skipped_not_fatal() -> None:
     view = view_with(Clock())
-    view.apply("nodes", "MODIFIED", ({"metadata": {}},))
-    view.apply("pods", "ADDED", ({"metadata": {"name": "x"}, "spec": {"containers": "nope"}},))
-    assert view.size == 1 and view.verdict("a", single(Resource.NEURON, 1)).fits
+    view.store.apply("nodes", "MODIFIED", ({"metadata": {}},))
+    view.store.apply("pods", "ADDED", ({"metadata": {"name": "x"}, "spec": {"containers": "nope"}},))
+    assert view.store.size == 1 and view.verdict("a", single(Resource.NEURON, 1)).fits
 
 
 def _heartbeat(doc: dict[str, object], seconds: int) -> dict[str, object]:
@@ -100,10 +120,10 @@ def test_a_heartbeat_keeps_every_memoised_verdict() -> None:
     """The plugin republishes `observed-at` every 60 s with nothing else changed: no verdict is dropped."""
     view = view_with(Clock())
     doc = node_doc("a", node_state("inf1.6xlarge", used_devices=[0]))
-    view.apply("nodes", "MODIFIED", (doc,))
+    view.store.apply("nodes", "MODIFIED", (doc,))
     four = single(Resource.NEURON, 2)
     before = view.verdict("a", four)
-    view.apply("nodes", "MODIFIED", (_heartbeat(doc, 61),))
+    view.store.apply("nodes", "MODIFIED", (_heartbeat(doc, 61),))
     assert view.verdict("a", four) is before
     # Nodes mode memoises by the request's annotations: the same holds there.
     from extender.wire import parse_node
@@ -116,7 +136,7 @@ def test_a_real_change_still_drops_the_memo() -> None:
     view = view_with(Clock())
     four = single(Resource.NEURON, 4)
     assert view.verdict("a", four).fits
-    view.apply("nodes", "MODIFIED", (node_doc("a", node_state("inf1.6xlarge", used_devices=[1])),))
+    view.store.apply("nodes", "MODIFIED", (node_doc("a", node_state("inf1.6xlarge", used_devices=[1])),))
     assert view.verdict("a", four).kind == "no_block"
 
 
@@ -141,10 +161,10 @@ def test_the_state_key_tells_a_garbled_observed_at_from_a_good_one(observed: str
 def test_the_watch_fed_view_names_unhealthy_devices_in_filter_and_bind() -> None:
     """The NodeNames path and bind judge from the view's predicted free sets, not through `judge_node`: a node
     short of a block because hardware failed says so there too (the health issue's wording)."""
-    view = ClusterView(clock=Clock())
+    view = Verdicts(ClusterStore(clock=Clock()))
     sick = node_state("inf2.48xlarge", used_devices=range(8), unhealthy=[9])
-    view.apply("nodes", "SYNC", (node_doc("sick", sick),))
-    view.apply("pods", "SYNC", ())
+    view.store.apply("nodes", "SYNC", (node_doc("sick", sick),))
+    view.store.apply("pods", "SYNC", ())
     four = single(Resource.NEURON, 4)
     for scored in (False, True):
         verdict = view.verdict("sick", four, scored=scored)

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.answers import FilterAnswer
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.fit import Free, PendingPod, judge, judge_node
 from extender.requests import ContainerSpec, PodRequest, pod_request
+from extender.verdicts import Verdicts
 from extender.wire import parse_node
 from neuronalloc import CATALOG, NodeState, PodHolding, Resource, Rule, check_block, encode_node_state
 
@@ -89,7 +90,7 @@ def test_verdict_is_the_same_through_the_annotations(case: Case) -> None:
     """The Nodes-mode path (annotations -> codec -> verdict) agrees with judging the state directly."""
     request = single(case.resource, case.size)
     node = parse_node(node_doc("n", case.state))
-    assert ClusterView().verdict_for(node, request) == judge_node(case.state, [], request)
+    assert Verdicts(ClusterStore()).verdict_for(node, request) == judge_node(case.state, [], request)
 
 
 def test_unresolvable_states_the_rule_in_words() -> None:
@@ -201,7 +202,7 @@ def test_empty_request_fits_everywhere_with_score_zero(name: str) -> None:
 
 
 def test_garbled_and_missing_annotations_are_unknown_not_a_crash() -> None:
-    view = ClusterView()
+    view = Verdicts(ClusterStore())
     request = single(Resource.NEURON, 1)
     good = encode_node_state(node_state("inf2.48xlarge"))
     for notes, words in [

@@ -20,11 +20,12 @@ import aiohttp
 import pytest
 
 from extender.bind import Binder
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.kube import KubeApi, Reflector
 from extender.main import reflectors_for
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app
+from extender.verdicts import Verdicts
 from neuronalloc import encode_node_state
 
 from .builders import names_args, node_doc, node_state, pod_doc
@@ -36,7 +37,7 @@ from .serving import Http, served
 def extender(kubeconfig: Path) -> Iterator[Http]:
     """An extender replica wired exactly as `main` wires it (real client, reflectors, binder), on a real port."""
     api = KubeApi(str(kubeconfig))
-    view = ClusterView()
+    view = Verdicts(ClusterStore())
     reflectors: list[Reflector] = []
 
     def make_app() -> Any:
@@ -302,20 +303,23 @@ def test_relist_interrupts_an_idle_watch_at_once_and_never_blocks_the_caller(api
     default) to end, nor block the event loop that asks."""
     fake, kubeconfig = api
     fake.put("nodes", node_doc("a", node_state("inf1.6xlarge")))
-    view = ClusterView()
+    view = Verdicts(ClusterStore())
     loop = asyncio.new_event_loop()
     reflector = Reflector(
-        KubeApi(str(kubeconfig)), "pods", lambda e: loop.call_soon_threadsafe(view.apply, e.kind, e.type, e.objects),
+        KubeApi(str(kubeconfig)), "pods",
+        lambda e: loop.call_soon_threadsafe(view.store.apply, e.kind, e.type, e.objects),
         watch_timeout=300,
     )  # fmt: skip
     reflector.start()
     try:
-        eventually(lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.lists_applied("pods"))[1] == 1, "list")
+        eventually(
+            lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.store.lists_applied("pods"))[1] == 1, "list"
+        )
         time.sleep(0.5)  # the watch is open and idle now
         started = time.monotonic()
         reflector.relist()
         assert time.monotonic() - started < 0.5, "relist() blocked its caller"
-        eventually(lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.lists_applied("pods"))[1] == 2,
+        eventually(lambda: (loop.run_until_complete(asyncio.sleep(0.01)), view.store.lists_applied("pods"))[1] == 2,
                    "the second list", limit=3)  # fmt: skip
         started = time.monotonic()
         reflector.stop()

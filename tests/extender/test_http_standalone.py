@@ -13,9 +13,10 @@ import aiohttp
 import orjson
 import pytest
 
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app
+from extender.verdicts import Verdicts
 
 from .builders import NEURON, names_args, node_doc, node_state, nodes_args, pod_doc
 from .serving import Http, served
@@ -27,7 +28,7 @@ CAP = 256 * 1024
 @pytest.fixture
 def http() -> Iterator[Http]:
     settings = ServerSettings(max_body_bytes=CAP, read_timeout=0.5, standalone=True)
-    with served(lambda: build_app(settings, ClusterView(), None, ExtenderMetrics())) as (base, _):
+    with served(lambda: build_app(settings, Verdicts(ClusterStore()), None, ExtenderMetrics())) as (base, _):
         yield Http(base)
 
 

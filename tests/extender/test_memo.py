@@ -3,7 +3,7 @@
 kube-scheduler sends filter, then prioritize, for one pod at a time; a cluster whose pods ask for 1-8 devices or
 1-16 cores sends 24 shapes in turn. Each request's names that the memo lacks are judged inside the request, on
 the scheduler's clock; the warmer judges what changed between requests. Counted here: how many verdicts are
-computed inside requests (`ClusterView._judge` while a filter or prioritize is being answered), with the warmer
+computed inside requests (`Verdicts._judge` while a filter or prioritize is being answered), with the warmer
 given time between requests as the event loop gives it.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.requests import PodRequest
+from extender.verdicts import Verdicts
 from extender.wire import parse_pod
 from neuronalloc import CATALOG
 
@@ -49,16 +50,16 @@ class Counting:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.inside = False
         self.in_requests = 0
-        original = ClusterView._judge
+        original = Verdicts._judge
 
-        def counted(view: ClusterView, *args: Any, **kwargs: Any) -> Any:
+        def counted(view: Verdicts, *args: Any, **kwargs: Any) -> Any:
             if self.inside:
                 self.in_requests += 1
             return original(view, *args, **kwargs)
 
-        monkeypatch.setattr(ClusterView, "_judge", counted)
+        monkeypatch.setattr(Verdicts, "_judge", counted)
 
-    def ask(self, view: ClusterView, names: list[str], request: PodRequest) -> None:
+    def ask(self, view: Verdicts, names: list[str], request: PodRequest) -> None:
         """One pod's filter, then prioritize on the nodes that passed, as kube-scheduler sends them."""
         self.inside = True
         try:
@@ -73,7 +74,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counting]:
     yield Counting(monkeypatch)
 
 
-async def settle(view: ClusterView) -> None:
+async def settle(view: Verdicts) -> None:
     """Give the warmer the loop until it has nothing left to do (as the gaps between a scheduler's requests do)."""
     for _ in range(100_000):
         if not view.warm_backlog:
@@ -88,9 +89,9 @@ def test_a_warm_memo_answers_28_shapes_without_judging_inside_requests(counting:
     requests = shapes()
 
     async def run() -> int:
-        view = ClusterView()
-        view.apply("nodes", "SYNC", tuple(docs))
-        view.apply("pods", "SYNC", ())
+        view = Verdicts(ClusterStore())
+        view.store.apply("nodes", "SYNC", tuple(docs))
+        view.store.apply("pods", "SYNC", ())
         warmer = asyncio.ensure_future(view.warm_forever())
         try:
             for request in requests:  # first sight of each shape: judged in the request, then warmed
@@ -102,7 +103,7 @@ def test_a_warm_memo_answers_28_shapes_without_judging_inside_requests(counting:
                 for i, request in enumerate(requests):
                     # Between pods the cluster changes: a pod is bound somewhere, and the warmer catches up.
                     node = rng.choice(names)
-                    view.apply("pods", "ADDED", (pod_doc(f"b{round_}-{i}", cores=1, node_name=node),))
+                    view.store.apply("pods", "ADDED", (pod_doc(f"b{round_}-{i}", cores=1, node_name=node),))
                     await settle(view)
                     window = rng.sample(names, 60)  # the scheduler's window: a part of the cluster
                     counting.ask(view, window, request)
@@ -118,7 +119,7 @@ def test_more_shapes_than_the_memo_holds_keeps_most_of_them_warm(
 ) -> None:
     """Memory is bounded (here: room for 10 shapes' entries), and a workload cycling through 14 shapes still
     finds most of them warm: no cliff where every shape pushes out the next one needed."""
-    import extender.cache as cache
+    import extender.verdicts as cache
 
     docs = cluster(40)
     names = [d["metadata"]["name"] for d in docs]
@@ -130,9 +131,9 @@ def test_more_shapes_than_the_memo_holds_keeps_most_of_them_warm(
     held: list[int] = []
 
     async def run() -> tuple[int, int]:
-        view = ClusterView()
-        view.apply("nodes", "SYNC", tuple(docs))
-        view.apply("pods", "SYNC", ())
+        view = Verdicts(ClusterStore())
+        view.store.apply("nodes", "SYNC", tuple(docs))
+        view.store.apply("pods", "SYNC", ())
         warmer = asyncio.ensure_future(view.warm_forever())
         cold = 0
         try:

@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.fit import PendingPod, judge_node
 from extender.metrics import ExtenderMetrics
 from extender.requests import ContainerSpec, Need, RequestError, pod_request
 from extender.server import ServerSettings, build_app
+from extender.verdicts import Verdicts
 from neuronalloc import Resource
 
 from .builders import node_doc, node_state, nodes_args, pod_doc
@@ -99,7 +100,7 @@ def test_a_pending_alias_pod_takes_its_devices_from_the_other_names() -> None:
 @pytest.fixture
 def http_standalone() -> Iterator[Http]:
     settings = ServerSettings(max_body_bytes=256 * 1024, read_timeout=0.5, standalone=True)
-    with served(lambda: build_app(settings, ClusterView(), None, ExtenderMetrics())) as (base, _):
+    with served(lambda: build_app(settings, Verdicts(ClusterStore()), None, ExtenderMetrics())) as (base, _):
         yield Http(base)
 
 

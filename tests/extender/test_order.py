@@ -21,8 +21,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extender.cache import ClusterView
+from extender.cache import ClusterStore
 from extender.fit import Free
+from extender.verdicts import Verdicts
 from extender.wire import PodInfo, parse_pod
 from neuronalloc import NodeState, Refusal, Resource, allocate
 
@@ -50,10 +51,10 @@ def doc(name: str, *, node_name: str = "", scheduled: str = "", **needs: int) ->
     return pod
 
 
-def fresh_view(state: NodeState = TRN_STATE, pods: tuple[Any, ...] = ()) -> ClusterView:
-    view = ClusterView()
-    view.apply("nodes", "SYNC", (node_doc(NODE, state),))
-    view.apply("pods", "SYNC", pods)
+def fresh_view(state: NodeState = TRN_STATE, pods: tuple[Any, ...] = ()) -> Verdicts:
+    view = Verdicts(ClusterStore())
+    view.store.apply("nodes", "SYNC", (node_doc(NODE, state),))
+    view.store.apply("pods", "SYNC", pods)
     return view
 
 
@@ -78,13 +79,13 @@ def kubelet_refuses(state: NodeState, admitted: list[PodInfo]) -> list[str]:
     return refused
 
 
-def bind_as_the_binder(view: ClusterView, pods: list[PodInfo]) -> list[PodInfo]:
+def bind_as_the_binder(view: Verdicts, pods: list[PodInfo]) -> list[PodInfo]:
     """Each pod as the active binder binds it: judged under the node's lock, held, POSTed, confirmed."""
     bound = []
     for pod in pods:
         if view.judge_for_bind(NODE, TRN_STATE, pod).fits:
-            view.hold(pod, NODE)
-            view.confirm(pod.key)
+            view.store.hold(pod, NODE)
+            view.store.confirm(pod.key)
             bound.append(pod)
     return bound
 
@@ -100,7 +101,7 @@ def test_binds_seen_on_the_watch_are_predicted_in_the_order_it_delivered_them() 
     """Bound by another replica (the holder before a Lease change): the watch's order is etcd's, and kubelet's."""
     view = fresh_view()
     for name in BIND_ORDER[:-1]:
-        view.apply("pods", "ADDED", (doc(name, node_name=NODE, **SPECS[name]),))
+        view.store.apply("pods", "ADDED", (doc(name, node_name=NODE, **SPECS[name]),))
     last = parse_pod(doc(BIND_ORDER[-1], **SPECS[BIND_ORDER[-1]]))
     verdict = view.judge_for_bind(NODE, TRN_STATE, last)
     earlier = [parse_pod(doc(name, node_name=NODE, **SPECS[name])) for name in BIND_ORDER[:-1]]
@@ -144,7 +145,7 @@ def test_a_node_with_too_many_pods_of_unknown_order_is_refused_until_its_plugin_
     verdict = view.verdict(NODE, parse_pod(doc("p9", neuron=1)).request, scored=False)
     assert verdict.kind == "no_block" and "order" in verdict.reason
     # Once few enough are left (the others published, or gone), every order they may have been bound in is judged.
-    view.apply("pods", "DELETED", listed[:5])
+    view.store.apply("pods", "DELETED", listed[:5])
     assert view.verdict(NODE, parse_pod(doc("p9", neuron=1)).request, scored=False).fits
 
 
@@ -186,9 +187,9 @@ def test_every_pod_bind_lets_through_is_admitted_in_bind_order(
         if not view.judge_for_bind(NODE, state, pod).fits:
             continue
         if through_watch:
-            view.apply("pods", "ADDED", (doc(name, node_name=NODE, **needs),))
+            view.store.apply("pods", "ADDED", (doc(name, node_name=NODE, **needs),))
         else:
-            view.hold(pod, NODE)
-            view.confirm(pod.key)
+            view.store.hold(pod, NODE)
+            view.store.confirm(pod.key)
         bound.append(pod)
     assert kubelet_refuses(state, bound) == []
