@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from extender.answers import FilterAnswer
 from extender.bind import Binder
 from extender.cache import ClusterStore
 from extender.forward import DEADLINE_HEADER, FORWARDED_HEADER
@@ -39,13 +38,12 @@ from extender.wire import (
     encode_error,
     encode_filter_reply,
     encode_filter_result,
-    encode_priorities,
     parse_binding_args,
     parse_extender_args,
 )
 from neuronlog import get_logger
 
-__all__ = ["ServerSettings", "build_app", "build_metrics_app", "filter_answer", "priority_reply"]
+__all__ = ["ServerSettings", "build_app", "build_metrics_app"]
 
 log = get_logger(__name__)
 
@@ -92,24 +90,6 @@ class _HttpError(Exception):
 
 def _json_response(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type=_JSON)
-
-
-def filter_answer(verdicts: Verdicts, args: ExtenderArgs) -> FilterAnswer:
-    """Filter's answer in the request's mode: from the memo for NodeNames, node by node for Nodes."""
-    request = args.pod.request
-    if args.node_names is not None:
-        return verdicts.filter_answer(args.node_names, request)
-    nodes = args.nodes or ()
-    return FilterAnswer.of((n.name for n in nodes), (verdicts.verdict_for(n, request, scored=False) for n in nodes))
-
-
-def priority_reply(verdicts: Verdicts, args: ExtenderArgs) -> bytes:
-    """Prioritize's HostPriorityList in the request's mode."""
-    request = args.pod.request
-    if args.node_names is not None:
-        return verdicts.priority_reply(args.node_names, request)
-    nodes = args.nodes or ()
-    return encode_priorities((n.name, verdicts.verdict_for(n, request, scored=True).score) for n in nodes)
 
 
 def build_app(
@@ -196,7 +176,7 @@ def build_app(
         if problem:
             request["result"] = "error"
             return _json_response(encode_filter_result(args, (), {}, {}, error=problem))
-        answer = filter_answer(verdicts, args)
+        answer = verdicts.filter_answer(args)
         passed = answer.passed
         metrics.rejected("unresolvable", answer.unresolvable)
         metrics.rejected("unknown_node", answer.unknown)
@@ -219,7 +199,7 @@ def build_app(
         if problem:
             # HostPriorityList has no error field: an HTTP error is the only way to say it.
             raise _HttpError(400 if settings.standalone else 503, problem)
-        return _json_response(priority_reply(verdicts, args))
+        return _json_response(verdicts.priority_reply(args))
 
     async def bind_handler(request: web.Request) -> web.Response:
         try:

@@ -31,7 +31,7 @@ from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, example_of
 from extender.cache import ClusterStore, StateKey, state_key
 from extender.fit import FreeStates, Verdict, judge_node, judge_node_states, node_free_states, not_serving, unknown
 from extender.requests import PodRequest, Shape
-from extender.wire import NodeInfo, PodInfo
+from extender.wire import ExtenderArgs, NodeInfo, PodInfo, encode_priorities
 from neuronalloc import NodeState
 
 __all__ = ["Verdicts"]
@@ -103,7 +103,26 @@ class Verdicts:
         """How many request shapes the memo keeps at this cluster size (see `_MEMO_ENTRIES`)."""
         return max(_MIN_SHAPES, min(_MAX_SHAPES, _MEMO_ENTRIES // (2 * max(1, self.store.size))))
 
-    def filter_answer(self, names: Sequence[str], request: PodRequest) -> FilterAnswer:
+    def filter_answer(self, args: ExtenderArgs) -> FilterAnswer:
+        """Filter's answer in the request's mode: from the memo for NodeNames, node by node for Nodes (the
+        scheduler sends Nodes when the extender is not nodeCacheCapable, as with --standalone)."""
+        request = args.pod.request
+        if args.node_names is not None:
+            return self.filter_names(args.node_names, request)
+        nodes = args.nodes or ()
+        self.store.expire_remembered()
+        return FilterAnswer.of((n.name for n in nodes), (self._verdict_for(n, request, False) for n in nodes))
+
+    def priority_reply(self, args: ExtenderArgs) -> bytes:
+        """Prioritize's HostPriorityList in the request's mode."""
+        request = args.pod.request
+        if args.node_names is not None:
+            return self.priority_names(args.node_names, request)
+        nodes = args.nodes or ()
+        self.store.expire_remembered()
+        return encode_priorities((n.name, self._verdict_for(n, request, True).score) for n in nodes)
+
+    def filter_names(self, names: Sequence[str], request: PodRequest) -> FilterAnswer:
         """NodeNames mode: filter's answer for `names`, from the memo; only nodes not judged yet cost Python."""
         memo = self._memos_for(request, note=True).unscored
         answer = self._read_filled(memo, memo.answer, names, request, scored=False)
@@ -113,7 +132,7 @@ class Verdicts:
             answer = dataclasses.replace(answer, example=example_of(name, self._judge_cached(name, request, False)))
         return answer
 
-    def priority_reply(self, names: Sequence[str], request: PodRequest) -> bytes:
+    def priority_names(self, names: Sequence[str], request: PodRequest) -> bytes:
         """NodeNames mode: prioritize's HostPriorityList for `names`, from the memo."""
         memo = self._memos_for(request, note=True).scored
         return self._read_filled(memo, memo.reply, names, request, scored=True)

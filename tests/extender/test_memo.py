@@ -63,8 +63,8 @@ class Counting:
         """One pod's filter, then prioritize on the nodes that passed, as kube-scheduler sends them."""
         self.inside = True
         try:
-            passed = view.filter_answer(names, request).passed
-            view.priority_reply(passed, request)
+            passed = view.filter_names(names, request).passed
+            view.priority_names(passed, request)
         finally:
             self.inside = False
 
