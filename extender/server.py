@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +43,7 @@ from extender.wire import (
 )
 from neuronlog import get_logger
 
-__all__ = ["ServerSettings", "build_app", "build_metrics_app"]
+__all__ = ["Handlers", "HttpError", "Reply", "ServerSettings", "build_app", "build_metrics_app"]
 
 log = get_logger(__name__)
 
@@ -76,7 +76,7 @@ class ServerSettings:
     serve_metrics: bool = True  # False when --metrics-port puts /metrics on a port of its own
 
 
-class _HttpError(Exception):
+class HttpError(Exception):
     """A request refused with `status`; `reason` labels the http_rejected metric when the HTTP layer refused it;
     `close` when its body was not read to the end (the connection cannot carry another request)."""
 
@@ -92,92 +92,44 @@ def _json_response(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type=_JSON)
 
 
-def build_app(
-    settings: ServerSettings, verdicts: Verdicts, binder: Binder | None, metrics: ExtenderMetrics
-) -> web.Application:
-    store = verdicts.store
-    caps = BodyCaps(settings.max_body_bytes, settings.max_names_body_bytes, settings.standalone)
-    budget = Budget(settings.max_inflight_bytes)
-    metrics.watch_budget(lambda: budget.held)
-    throttle = Throttle()
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A verb's answer: the JSON body, its status, and the result label for the verb's metric."""
 
-    async def read_body(request: web.Request, verb: str) -> tuple[bytearray, Reservation]:
-        """The whole body, within the verb's cap, the budget and the read timeout."""
-        if request.content_type != _JSON:
-            raise _HttpError(415, f"Content-Type must be {_JSON}, got {request.content_type or 'none'!r}", close=True)
-        cap = caps.for_verb(verb)
-        length = request.content_length
-        if length is not None and length > cap:
-            raise _HttpError(413, f"body of {length} bytes is above the {verb} cap of {cap}",
-                             reason="body_too_large", close=True)  # fmt: skip
-        reservation = budget.reserve(length or 0)
-        if reservation is None:
-            raise _HttpError(503, _busy(length or 0, budget), reason="memory", close=True)
-        try:
-            body = bytearray()
-            try:
-                async with asyncio.timeout(settings.read_timeout):
-                    while chunk := await request.content.readany():
-                        size = len(body) + len(chunk)
-                        if size > cap:
-                            raise _HttpError(413, f"body is above the {verb} cap of {cap} bytes",
-                                             reason="body_too_large", close=True)  # fmt: skip
-                        if not reservation.grow(size):
-                            raise _HttpError(503, _busy(size, budget), reason="memory", close=True)
-                        body += chunk
-            except TimeoutError:
-                raise _HttpError(408, f"body not received within {settings.read_timeout} s",
-                                 reason="body_timeout", close=True) from None  # fmt: skip
-            except _UNREADABLE_BODY as err:
-                raise _HttpError(400, f"body not readable: {err!r}"[:300], close=True) from None
-            estimate = decoded_estimate(body)
-            if estimate > budget.capacity:
-                raise _HttpError(
-                    413, f"a body of {len(body)} bytes decodes to about {estimate // _MiB} MiB, above the "
-                    f"{budget.capacity // _MiB} MiB all requests may hold together (--max-inflight-bytes)",
-                    reason="body_too_large",
-                )  # fmt: skip
-            if not reservation.grow(estimate):
-                raise _HttpError(503, _busy(estimate, budget), reason="memory")
-        except BaseException:
-            reservation.release()
-            raise
-        return body, reservation
+    body: bytes
+    result: str = "ok"  # ok | error (an answer the scheduler reads as a failure)
+    status: int = 200
 
-    def read_json(request: web.Request) -> Any:
-        try:
-            return decode_json(request["body"])
-        except WireError as err:
-            raise _HttpError(400, str(err)) from None
 
-    def parse_args(request: web.Request) -> ExtenderArgs:
-        try:
-            return parse_extender_args(read_json(request))
-        except WireError as err:
-            raise _HttpError(400, str(err)) from None
+class Handlers:
+    """The extender's verbs and the guard every request passes. `filter`, `prioritize` and `bind` take a body
+    already read and answer a `Reply`, so tests call them directly; `guard` (the middleware) reads the body within
+    its caps, the budget and the read timeout, applies the handler timeout, maps errors to JSON answers and
+    observes each verb once."""
 
-    def cache_problem(args: ExtenderArgs) -> str:
-        if args.node_names is None:
-            return ""
-        if settings.standalone:
-            return _STANDALONE
-        if not store.synced:
-            return "the node cache has not finished its first list from the API server yet; retry"
-        return ""
+    def __init__(
+        self, settings: ServerSettings, verdicts: Verdicts, binder: Binder | None, metrics: ExtenderMetrics
+    ) -> None:
+        self.settings = settings
+        self.verdicts = verdicts
+        self.binder = binder
+        self.metrics = metrics
+        self._caps = BodyCaps(settings.max_body_bytes, settings.max_names_body_bytes, settings.standalone)
+        self.budget = Budget(settings.max_inflight_bytes)
+        metrics.watch_budget(lambda: self.budget.held)
+        self._throttle = Throttle()
 
-    def seen(args: ExtenderArgs) -> None:
-        if binder is not None and not args.pod.request.empty:
-            binder.seen.add(args.pod)  # the scheduler binds what it filtered: bind reads the pod from here
+    # ---- the verbs ---------------------------------------------------------------------------------------
 
-    async def filter_handler(request: web.Request) -> web.Response:
-        args = parse_args(request)
-        seen(args)
-        problem = cache_problem(args)
+    async def filter(self, body: bytes) -> Reply:
+        args = self._parse_args(body)
+        self._seen(args)
+        problem = self._cache_problem(args)
         if problem:
-            request["result"] = "error"
-            return _json_response(encode_filter_result(args, (), {}, {}, error=problem))
-        answer = verdicts.filter_answer(args)
+            return Reply(encode_filter_result(args, (), {}, {}, error=problem), "error")
+        answer = self.verdicts.filter_answer(args)
         passed = answer.passed
+        metrics = self.metrics
         metrics.rejected("unresolvable", answer.unresolvable)
         metrics.rejected("unknown_node", answer.unknown)
         metrics.rejected("not_serving", answer.not_serving)
@@ -190,41 +142,117 @@ def build_app(
                 "filter.no_node", pod=pod.key, candidates=len(args.names), failed=answer.failed,
                 unresolvable=answer.unresolvable, rule=answer.example,
             )  # fmt: skip
-        return _json_response(encode_filter_reply(args, passed, answer.failed_members, answer.unresolvable_members))
+        return Reply(encode_filter_reply(args, passed, answer.failed_members, answer.unresolvable_members))
 
-    async def prioritize_handler(request: web.Request) -> web.Response:
-        args = parse_args(request)
-        seen(args)
-        problem = cache_problem(args)
+    async def prioritize(self, body: bytes) -> Reply:
+        args = self._parse_args(body)
+        self._seen(args)
+        problem = self._cache_problem(args)
         if problem:
             # HostPriorityList has no error field: an HTTP error is the only way to say it.
-            raise _HttpError(400 if settings.standalone else 503, problem)
-        return _json_response(verdicts.priority_reply(args))
+            raise HttpError(400 if self.settings.standalone else 503, problem)
+        return Reply(self.verdicts.priority_reply(args))
 
-    async def bind_handler(request: web.Request) -> web.Response:
+    async def bind(self, body: bytes, deadline: float, headers: Mapping[str, str] | None = None) -> Reply:
+        """`deadline`: loop time by which the scheduler stops waiting; `headers`: the request's (a forwarding
+        replica's headers say what time is left, and that it forwarded)."""
+        headers = headers or {}
         try:
-            args = parse_binding_args(read_json(request))
+            args = parse_binding_args(_decode(body))
         except WireError as err:
-            raise _HttpError(400, str(err)) from None
-        if binder is None:
-            request["result"] = "error"
-            return _json_response(encode_binding_result(_STANDALONE))
-        deadline = request["deadline"]
-        left = request.headers.get(DEADLINE_HEADER, "")
+            raise HttpError(400, str(err)) from None
+        if self.binder is None:
+            return Reply(encode_binding_result(_STANDALONE), "error")
+        left = headers.get(DEADLINE_HEADER, "")
         if left.isascii() and left.isdigit() and len(left) <= 6:  # a forwarding replica says what time is left
             deadline = min(deadline, asyncio.get_running_loop().time() + int(left) / 1000)
         # A task of its own, shielded: a handler timeout must not cancel a bind holding a node's lock.
-        outcome = await asyncio.shield(binder.start(args, deadline, forwarded=FORWARDED_HEADER in request.headers))
-        if not outcome.ok:
-            request["result"] = "error"
-            if outcome.reason in REJECT_REASONS:
-                metrics.rejected(outcome.reason)
-        return _json_response(encode_binding_result(outcome.error))
+        outcome = await asyncio.shield(self.binder.start(args, deadline, forwarded=FORWARDED_HEADER in headers))
+        if outcome.ok:
+            return Reply(encode_binding_result(outcome.error))
+        if outcome.reason in REJECT_REASONS:
+            self.metrics.rejected(outcome.reason)
+        return Reply(encode_binding_result(outcome.error), "error")
+
+    def _parse_args(self, body: bytes) -> ExtenderArgs:
+        try:
+            return parse_extender_args(_decode(body))
+        except WireError as err:
+            raise HttpError(400, str(err)) from None
+
+    def _cache_problem(self, args: ExtenderArgs) -> str:
+        if args.node_names is None:
+            return ""
+        if self.settings.standalone:
+            return _STANDALONE
+        if not self.verdicts.store.synced:
+            return "the node cache has not finished its first list from the API server yet; retry"
+        return ""
+
+    def _seen(self, args: ExtenderArgs) -> None:
+        if self.binder is not None and not args.pod.request.empty:
+            self.binder.seen.add(args.pod)  # the scheduler binds what it filtered: bind reads the pod from here
+
+    # ---- HTTP --------------------------------------------------------------------------------------------
+
+    async def _route(self, request: web.Request) -> web.Response:
+        verb = _VERBS[request.path]
+        if verb == "bind":
+            reply = await self.bind(request["body"], request["deadline"], request.headers)
+        else:
+            reply = await (self.filter if verb == "filter" else self.prioritize)(request["body"])
+        request["result"] = reply.result
+        return _json_response(reply.body, reply.status)
+
+    async def read_body(self, request: web.Request, verb: str) -> tuple[bytearray, Reservation]:
+        """The whole body, within the verb's cap, the budget and the read timeout."""
+        settings, budget = self.settings, self.budget
+        if request.content_type != _JSON:
+            raise HttpError(415, f"Content-Type must be {_JSON}, got {request.content_type or 'none'!r}", close=True)
+        cap = self._caps.for_verb(verb)
+        length = request.content_length
+        if length is not None and length > cap:
+            raise HttpError(413, f"body of {length} bytes is above the {verb} cap of {cap}",
+                            reason="body_too_large", close=True)  # fmt: skip
+        reservation = budget.reserve(length or 0)
+        if reservation is None:
+            raise HttpError(503, _busy(length or 0, budget), reason="memory", close=True)
+        try:
+            body = bytearray()
+            try:
+                async with asyncio.timeout(settings.read_timeout):
+                    while chunk := await request.content.readany():
+                        size = len(body) + len(chunk)
+                        if size > cap:
+                            raise HttpError(413, f"body is above the {verb} cap of {cap} bytes",
+                                            reason="body_too_large", close=True)  # fmt: skip
+                        if not reservation.grow(size):
+                            raise HttpError(503, _busy(size, budget), reason="memory", close=True)
+                        body += chunk
+            except TimeoutError:
+                raise HttpError(408, f"body not received within {settings.read_timeout} s",
+                                reason="body_timeout", close=True) from None  # fmt: skip
+            except _UNREADABLE_BODY as err:
+                raise HttpError(400, f"body not readable: {err!r}"[:300], close=True) from None
+            estimate = decoded_estimate(body)
+            if estimate > budget.capacity:
+                raise HttpError(
+                    413, f"a body of {len(body)} bytes decodes to about {estimate // _MiB} MiB, above the "
+                    f"{budget.capacity // _MiB} MiB all requests may hold together (--max-inflight-bytes)",
+                    reason="body_too_large",
+                )  # fmt: skip
+            if not reservation.grow(estimate):
+                raise HttpError(503, _busy(estimate, budget), reason="memory")
+        except BaseException:
+            reservation.release()
+            raise
+        return body, reservation
 
     @web.middleware
     async def guard(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        settings, metrics, throttle = self.settings, self.metrics, self._throttle
         verb = _VERBS.get(request.path)
         started = time.perf_counter()
         # A bind must be decided before the scheduler gives up on it, counted from when its head arrived.
@@ -234,14 +262,14 @@ def build_app(
         try:
             # Filter and prioritize read the memo: the warmer yields to them. Not to binds, which wait on the API
             # server far longer than they use the loop.
-            with verdicts.serving() if verb in _READS_MEMO else contextlib.nullcontext():
+            with self.verdicts.serving() if verb in _READS_MEMO else contextlib.nullcontext():
                 if verb is not None and request.method == "POST":
-                    request["body"], reservation = await read_body(request, verb)
+                    request["body"], reservation = await self.read_body(request, verb)
                 async with asyncio.timeout(settings.handler_timeout):
                     response = await handler(request)
             result = request.get("result", "ok")
             return response
-        except _HttpError as err:
+        except HttpError as err:
             result = "bad_request" if err.status < 500 else "error"
             if err.reason:
                 metrics.http_rejected(err.reason)
@@ -276,23 +304,34 @@ def build_app(
             if verb is not None:
                 metrics.observe(verb, result, time.perf_counter() - started)
 
-    async def warmer(_: web.Application) -> AsyncIterator[None]:
-        task = None if settings.standalone else asyncio.create_task(verdicts.warm_forever())
+    async def warmer(self, _: web.Application) -> AsyncIterator[None]:
+        task = None if self.settings.standalone else asyncio.create_task(self.verdicts.warm_forever())
         yield
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = web.Application(middlewares=[guard], client_max_size=settings.max_body_bytes)
-    app.cleanup_ctx.append(warmer)
-    app.router.add_post("/filter", filter_handler)
-    app.router.add_post("/prioritize", prioritize_handler)
-    app.router.add_post("/bind", bind_handler)
-    _add_health_routes(app, settings, store)
+
+def build_app(
+    settings: ServerSettings, verdicts: Verdicts, binder: Binder | None, metrics: ExtenderMetrics
+) -> web.Application:
+    handlers = Handlers(settings, verdicts, binder, metrics)
+    app = web.Application(middlewares=[handlers.guard], client_max_size=settings.max_body_bytes)
+    app.cleanup_ctx.append(handlers.warmer)
+    for path in _VERBS:
+        app.router.add_post(path, handlers._route)
+    _add_health_routes(app, settings, verdicts.store)
     if settings.serve_metrics:
         _add_metrics_route(app, metrics)
     return app
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return decode_json(body)
+    except WireError as err:
+        raise HttpError(400, str(err)) from None
 
 
 def _busy(size: int, budget: Budget) -> str:
