@@ -41,7 +41,7 @@ def extender(kubeconfig: Path) -> Iterator[Http]:
     reflectors: list[Reflector] = []
 
     def make_app() -> Any:
-        reflectors.extend(reflectors_for(api, view, asyncio.get_event_loop(), watch_timeout=1))
+        reflectors.extend(reflectors_for(api, view.store, asyncio.get_event_loop(), watch_timeout=1))
         for reflector in reflectors:
             reflector.start()
         return build_app(ServerSettings(), view, Binder(api, view), ExtenderMetrics())
