@@ -222,7 +222,8 @@ def test_plugin_scheduling_and_identity(objs: list[Obj]) -> None:
     spec = pod_spec(objs, "DaemonSet", PLUGIN)
     assert spec["priorityClassName"] == "system-node-critical"
     term = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
-    (expression,) = term["matchExpressions"]
+    expression, mode = term["matchExpressions"]
+    assert mode == {"key": "neuron-contig.io/mode", "operator": "NotIn", "values": ["dra"]}, "never beside DRA"
     assert expression["key"] == "node.kubernetes.io/instance-type" and expression["operator"] == "In"
     assert sorted(expression["values"]) == sorted(CATALOG), "every catalog instance type, no other"
     assert {"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]

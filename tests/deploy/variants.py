@@ -38,8 +38,13 @@ SWITCHES: dict[str, dict[str, Sets]] = {
     },
     "hwErrorLog": {
         "off": (),
-        "kmsg": ("plugin.hwErrorLog=/dev/kmsg",),
-        "file": ("plugin.hwErrorLog=/var/log/messages",),
+        "kmsg": ("plugin.hwErrorLog=/dev/kmsg", "dra.hwErrorLog=/dev/kmsg"),
+        "file": ("plugin.hwErrorLog=/var/log/messages", "dra.hwErrorLog=/var/log/messages"),
+    },
+    "mode": {
+        "device-plugin": (),
+        "dra": ("mode=dra",),
+        "both": ("mode=both",),
     },
 }
 
@@ -47,7 +52,7 @@ SWITCHES: dict[str, dict[str, Sets]] = {
 def all_pairs(switches: dict[str, dict[str, Sets]]) -> list[dict[str, str]]:
     """A small set of combinations (switch -> value name) in which every pair of values of two different
     switches occurs at least once: greedy, deterministic (each step takes the first combination of the full
-    product that covers the most pairs not yet covered). Here: 18 combinations of the product's 144."""
+    product that covers the most pairs not yet covered)."""
     names = list(switches)
     product = [dict(zip(names, values, strict=True)) for values in itertools.product(*switches.values())]
 
@@ -84,6 +89,11 @@ CHART_VARIANTS: dict[str, Sets] = {
         "imagePullSecrets[0].name=regcred",
         "plugin.metricsPort=9500",
         "extender.metricsPort=9501",
+        "mode=both",
+        "dra.hwErrorLog=/var/log/kern.log",
+        "dra.logLevel=debug",
+        "dra.metricsPort=9502",
+        "dra.smallFirstShare=0.5",
     ),
     **COMBINATIONS,
 }
