@@ -79,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             print(f"error: no such node: {', '.join(sorted(missing))}", file=sys.stderr)
             return 1
-    view = build_view(nodes, snapshot.pending_pods, snapshot.events, datetime.now(UTC))
+    view = build_view(
+        nodes, snapshot.pending_pods, snapshot.events, datetime.now(UTC),
+        resource_slices=snapshot.resource_slices, resource_claims=snapshot.resource_claims,
+    )  # fmt: skip
     view = replace(view, warnings=snapshot.warnings)
     if args.output == "json":
         sys.stdout.write(render_json(view))

@@ -83,6 +83,8 @@ def _status(node: NodeView) -> str:
         flags.append("Unhealthy")
     if not node.topology_known and not node.error:
         flags.append("Fallback")
+    if node.mode == "dra":
+        flags.append("DRA")
     return ",".join(flags) or "OK"
 
 
@@ -181,6 +183,7 @@ def node_json(node: NodeView) -> dict[str, Any]:
         "ready": node.ready,
         "schedulable": node.schedulable,
         "status": _status(node),
+        "mode": node.mode,
     }
     if node.error:
         doc["error"] = node.error

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from kubectl_neuron.dra import DraStateError, dra_node_state, dra_slices_by_node
 from neuronalloc import (
     ANNOTATION_PREFIX,
     NodeState,
@@ -67,6 +68,7 @@ class NodeView:
     pods: tuple[str, ...] = ()
     observed_at: datetime | None = None
     age_seconds: float | None = None
+    mode: str = "device-plugin"  # or "dra": the state comes from ResourceSlices and claims, not annotations
 
     @property
     def stale(self) -> bool:
@@ -144,7 +146,7 @@ def _device_cells(state: NodeState) -> tuple[DeviceCell, ...]:
     return tuple(cells)
 
 
-def build_node(node: Obj, now: datetime) -> NodeView:
+def build_node(node: Obj, now: datetime, dra: DraInputs | None = None) -> NodeView:
     meta = node.get("metadata", {})
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
@@ -155,12 +157,20 @@ def build_node(node: Obj, now: datetime) -> NodeView:
         ready=bool(ready_cond and ready_cond.get("status") == "True"),
         schedulable=not (node.get("spec") or {}).get("unschedulable", False),
     )
-    if not _published(annotations):
+    slices = dra.slices.get(base.name) if dra is not None else None
+    if not _published(annotations) and slices and dra is not None:
+        try:
+            state = dra_node_state(base.name, slices, dra.claims, now)
+        except DraStateError as err:
+            return replace(base, error=f"unreadable DRA state: {err}", mode="dra")
+        base = replace(base, mode="dra")
+    elif not _published(annotations):
         return replace(base, error="no neuron-contig.io/ annotations: is the device plugin running here?")
-    try:
-        state = decode_node_state(annotations)
-    except NodeStateError as err:
-        return replace(base, error=f"unreadable node state: {err}")
+    else:
+        try:
+            state = decode_node_state(annotations)
+        except NodeStateError as err:
+            return replace(base, error=f"unreadable node state: {err}")
     topo = state.topology
     return replace(
         base,
@@ -274,10 +284,27 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
+@dataclass(frozen=True)
+class DraInputs:
+    slices: Mapping[str, Sequence[Obj]]  # node -> its slices of our driver (newest generation)
+    claims: Sequence[Obj]
+
+
 def build_view(
-    nodes: Sequence[Obj], pending_pods: Sequence[Obj], events: Sequence[Obj], now: datetime
+    nodes: Sequence[Obj],
+    pending_pods: Sequence[Obj],
+    events: Sequence[Obj],
+    now: datetime,
+    *,
+    resource_slices: Sequence[Obj] = (),
+    resource_claims: Sequence[Obj] = (),
 ) -> ClusterView:
-    views = (build_node(n, now) for n in nodes if is_neuron_node(n))
+    dra = DraInputs(dra_slices_by_node(resource_slices), resource_claims) if resource_slices else None
+    views = (
+        build_node(n, now, dra)
+        for n in nodes
+        if is_neuron_node(n) or (dra and n.get("metadata", {}).get("name") in dra.slices)
+    )
     node_views = tuple(sorted(views, key=lambda v: natural_key(v.name)))
     latest = latest_events_by_pod(events)
     pending = [build_pending(p, latest.get((p.get("metadata") or {}).get("uid", ""))) for p in pending_pods]

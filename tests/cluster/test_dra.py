@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from kubectl_neuron.main import main as kubectl_neuron
 from neuronalloc import Resource
 from neuronalloc.draslices import node_blocks
 from tests.cluster.dra import (
@@ -47,7 +48,9 @@ WORKLOADS = {
 }
 
 
-def test_every_claim_gets_one_legal_block_with_its_cdi_spec_on_every_family(pool: Pool) -> None:
+def test_every_claim_gets_one_legal_block_with_its_cdi_spec_on_every_family(
+    pool: Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
     for instance_type in WORKLOADS:
         pool.add_node(instance_type.split(".")[0], instance_type, plugin=DRA)
     pods: dict[str, tuple[Resource, int]] = {}
@@ -62,6 +65,17 @@ def test_every_claim_gets_one_legal_block_with_its_cdi_spec_on_every_family(pool
         resource, size = pods[got.pod]
         assert_dra_grant_ok(pool, got, resource, size)
     assert_no_dra_overlap(grants)
+
+    # kubectl neuron shows the same from the slices and claims: who holds which device, what is free.
+    assert kubectl_neuron(["--kubeconfig", str(pool.cluster.kubeconfig), "-o", "json"]) == 0
+    shown = {n["name"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
+    for got in grants:
+        view = shown[got.node]
+        assert view["mode"] == "dra" and "error" not in view, view
+        state = "whole" if got.grant.resource is Resource.NEURON else "cores"
+        for device in got.grant.devices:
+            cell = view["deviceMap"][device]
+            assert cell["state"] == state and f"{pool.namespace}/{got.pod}" in cell["pods"], (got.pod, cell)
 
 
 def test_a_size_no_block_has_stays_pending_with_the_schedulers_reason(pool: Pool) -> None:
