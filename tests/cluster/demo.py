@@ -5,6 +5,11 @@ It starts etcd, kube-apiserver, kube-scheduler (deploy/'s configuration), one in
 inf2.48xlarge and trn1.32xlarge node (real kubelet device manager + our plugin each) and our extender; runs
 mixed device and NeuronCore pods, one pod that no trn1 block can hold, and one hardware error; prints where
 everything landed; and tears it all down.
+
+`--mode dra` runs the same nodes, workload, refusal and hardware error in DRA mode: the nodes host kubelet's DRA
+manager and our DRA driver, the pods ask for one block each through a ResourceClaimTemplate, the stock
+kube-scheduler allocates the claims (with kube-controller-manager's resourceclaim-controller), and the map is
+drawn from the ResourceSlices and claims, as `kubectl neuron` draws it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ WORKLOAD = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep-logs", action="store_true", help="keep the work dir (component logs) afterwards")
+    parser.add_argument("--mode", choices=("device-plugin", "dra"), default="device-plugin",
+                        help="serve the nodes with the device plugin and extender, or with the DRA driver")  # fmt: skip
     args = parser.parse_args(argv)
     missing = missing_prerequisites()
     if missing:
@@ -52,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="neuronsim-demo-"))
     started = time.monotonic()
+    if args.mode == "dra":
+        run_dra(workdir, started)
+        return _finish(args, workdir, started)
     print(f"starting etcd, kube-apiserver, kube-scheduler and the extender (logs in {workdir / 'logs'}) ...")
     with Cluster(workdir) as cluster:
         pool = Pool(cluster, "demo")
@@ -78,12 +88,72 @@ def main(argv: list[str] | None = None) -> int:
 
         print(render_cluster({name: pool.node_state(name) for name in pool.nodes}))
         print("\ntearing down ...")
+    return _finish(args, workdir, started)
+
+
+def _finish(args: argparse.Namespace, workdir: Path, started: float) -> int:
     if args.keep_logs:
         print(f"logs kept in {workdir / 'logs'}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"done in {time.monotonic() - started:.0f}s")
     return 0
+
+
+def run_dra(workdir: Path, started: float) -> None:
+    """The same nodes, workload, refusal and hardware error in DRA mode."""
+    from datetime import UTC, datetime
+
+    from kubernetes import client as k8s
+
+    from kubectl_neuron.dra import dra_node_state, dra_slices_by_node
+    from tests.cluster.dra import (
+        assert_dra_grant_ok,
+        assert_no_dra_overlap,
+        create_dra_pod,
+        dra_grant,
+        install_device_classes,
+        tainted_blocks,
+    )
+    from tests.cluster.harness import PluginKind
+    from tests.cluster.processes import wait_for
+
+    print(f"starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler (logs in {workdir / 'logs'}) ...")
+    with Cluster(workdir) as cluster:
+        cluster.start_dra_control_plane()
+        install_device_classes(cluster)
+        pool = Pool(cluster, "demo")
+        for suffix, instance_type in NODES.items():
+            node = pool.add_node(suffix, instance_type, plugin=PluginKind.DRA)
+            print(
+                f"  node {node.name}: {instance_type}, {node.devices} devices, DRA driver registered, slices published"
+            )
+        print(f"cluster up in {time.monotonic() - started:.0f}s; running {len(WORKLOAD)} pods, one claim each ...")
+        for name, resource, count in WORKLOAD:
+            create_dra_pod(pool, name, resource, count)
+        pool.wait_phase([name for name, _, _ in WORKLOAD], timeout=90)
+        grants = [dra_grant(pool, name) for name, _, _ in WORKLOAD]
+        for (_, resource, count), got in zip(WORKLOAD, grants, strict=True):
+            assert_dra_grant_ok(pool, got, resource, count)
+        assert_no_dra_overlap(grants)
+        print("every claim got one contiguous block; its CDI spec names exactly those devices; nothing shared.")
+
+        refused = create_dra_pod(pool, "trn1-needs-3", Resource.NEURON, 3, instance_type="trn1.32xlarge")
+        message = pool.wait_scheduling_message(refused, "cannot allocate all claims")
+        print(f"\npod {refused} stays Pending (no trn1 block has 3 devices); the scheduler's event says:\n  {message}")
+
+        trn1 = f"{pool.name}-trn1-32xl"
+        cluster.inject_hw_error(trn1, 15)
+        wait_for("blocks on device 15 tainted", lambda: "dev-15-15" in tainted_blocks(cluster, trn1), timeout=30)
+        print(f"\nNEURON_HW_ERR on {trn1} device 15: the driver taints every block that uses it.\n")
+
+        custom = k8s.CustomObjectsApi(cluster.api)
+        slices = custom.list_cluster_custom_object("resource.k8s.io", "v1", "resourceslices")["items"]
+        claims = custom.list_cluster_custom_object("resource.k8s.io", "v1", "resourceclaims")["items"]
+        by_node = dra_slices_by_node(slices)
+        now = datetime.now(UTC)
+        print(render_cluster({name: dra_node_state(name, by_node[name], claims, now) for name in pool.nodes}))
+        print("\ntearing down ...")
 
 
 if __name__ == "__main__":
