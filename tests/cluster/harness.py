@@ -397,6 +397,7 @@ class Cluster:
         plugin: PluginKind | None = PluginKind.OURS,
         unhealthy_devices: Iterable[int] = (),
         wait: bool = True,
+        labels: Mapping[str, str] | None = None,
     ) -> SimNode:
         """Start a simulated node of `instance_type` and, unless `plugin` is None, its device plugin."""
         row = lookup_instance_type(instance_type)
@@ -417,7 +418,7 @@ class Cluster:
             hw_error_log=base / "kmsg.log",
             plugin_kind=plugin,
             kubelet=self._process(f"node-{name}", []),
-            labels={POOL_LABEL: pool} if pool else {},
+            labels={**({POOL_LABEL: pool} if pool else {}), **(labels or {})},
         )
         if plugin is PluginKind.DRA:
             node.cdi_root = base / "cdi"
