@@ -33,9 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from extender.fit import Free, Verdict, judge
-from extender.requests import ContainerSpec, PodRequest, pod_request
 from neuronalloc import CATALOG, Resource, Topology, check_block, resolve_topology
 from neuronalloc.blocks import free_blocks
+from neuronalloc.requests import ContainerSpec, PodRequest, pod_request
 
 CLUSTER = (("inf1.6xlarge", 6), ("inf1.24xlarge", 3), ("inf2.48xlarge", 3), ("trn1.32xlarge", 4))
 SIZES = (1, 2, 4, 8, 16)

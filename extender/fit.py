@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from extender.requests import PodRequest, Shape, Step
 from neuronalloc import (
     NodeState,
     Refusal,
@@ -34,6 +33,7 @@ from neuronalloc import (
     free_blocks,
     is_aligned,
 )
+from neuronalloc.requests import PodRequest, RequestShape, Step
 
 __all__ = [
     "FITS",
@@ -126,7 +126,7 @@ class _Failed:
 _RESOURCES = {r.value: r for r in Resource}
 
 
-def _place(topo: Topology, free: Free, shape: Shape) -> _Placed | _Failed:
+def _place(topo: Topology, free: Free, shape: RequestShape) -> _Placed | _Failed:
     """Place each step in order with the plugin's allocator; a kept block leaves the free sets."""
     placed: list[tuple[Step, tuple[int, ...], Free]] = []
     for index, step in enumerate(shape):
@@ -153,7 +153,7 @@ class _ShapeVerdict:
 
 
 @lru_cache(maxsize=4096)
-def _unresolvable(topo: Topology, shape: Shape) -> _ShapeVerdict | None:
+def _unresolvable(topo: Topology, shape: RequestShape) -> _ShapeVerdict | None:
     """Why the shape could never be placed on this topology, even with everything free and healthy."""
     impossible = _place(topo, Free.everything(topo), shape)
     if not isinstance(impossible, _Failed):
@@ -176,7 +176,7 @@ def _unresolvable(topo: Topology, shape: Shape) -> _ShapeVerdict | None:
 
 
 @lru_cache(maxsize=100_000)
-def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+def _check_shape(topo: Topology, free: Free, shape: RequestShape) -> _ShapeVerdict:
     """Fit or not, unscored. A single block fits exactly when the rule has a block inside the free set (the
     allocator chooses among those very blocks), which is far cheaper than ranking them; several blocks are
     placed one by one with the allocator, since each choice changes what the next one finds."""
@@ -198,7 +198,7 @@ def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
 
 
 @lru_cache(maxsize=100_000)
-def _score_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+def _score_shape(topo: Topology, free: Free, shape: RequestShape) -> _ShapeVerdict:
     """The full verdict: the allocator's blocks and the size-weighted `fit_score` of each. The placement itself
     tells fit from no fit (a failed step is what `_check_shape` reports too), so it runs once."""
     impossible = _unresolvable(topo, shape)

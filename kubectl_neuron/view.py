@@ -24,6 +24,7 @@ from neuronalloc import (
     largest_free_block,
     lookup_instance_type,
 )
+from neuronalloc.requests import RequestError, pod_request_from_spec
 from neuronalloc.text import shorten
 
 Obj = Mapping[str, Any]
@@ -36,6 +37,7 @@ MAX_CONDITION_MESSAGE = 1024  # what the plugin writes at most; longer (not ours
 MAX_CONDITION_REASON = 128
 # The plugin republishes on every PodResources change; a state this old means the plugin is not publishing.
 STALE_AFTER_SECONDS = 600.0
+INVALID_REQUEST = "InvalidRequest"  # a Pending pod whose Neuron quantity is malformed
 
 
 class DeviceStatus(StrEnum):
@@ -222,30 +224,13 @@ def build_node(node: Obj, now: datetime) -> NodeView:
 # ---- pending pods -------------------------------------------------------------------------------------
 
 
-def _quantity(value: Any) -> int:
-    """Extended resources are whole numbers; anything else counts as 0 rather than guessing."""
-    text = str(value)
-    return int(text) if text.isdigit() else 0
-
-
-def _container_requests(container: Obj) -> dict[str, int]:
-    resources = container.get("resources") or {}
-    # Extended resources must have limits == requests when both are set; limits alone imply requests.
-    merged = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
-    return {r.short: _quantity(merged[r.value]) for r in Resource if r.value in merged}
-
-
 def neuron_requests(pod: Obj) -> dict[str, int]:
-    """What the pod needs of each Neuron resource: max(sum of app containers, largest init container)."""
-    spec = pod.get("spec") or {}
-    total: dict[str, int] = {}
-    for container in spec.get("containers") or []:
-        for short, count in _container_requests(container).items():
-            total[short] = total.get(short, 0) + count
-    for container in spec.get("initContainers") or []:
-        for short, count in _container_requests(container).items():
-            total[short] = max(total.get(short, 0), count)
-    return {short: count for short, count in total.items() if count > 0}
+    """What the pod holds at its busiest of each Neuron resource, by the extender's own rule
+    (`neuronalloc.requests`: sidecars kept for the pod's life, a regular init container beside the sidecars
+    before it). Raises RequestError on a malformed quantity, which the extender refuses too."""
+    request = pod_request_from_spec(pod.get("spec"))
+    peaks = {r.short: request.peak(r) for r in Resource}
+    return {short: count for short, count in peaks.items() if count > 0}
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -277,11 +262,22 @@ def latest_events_by_pod(events: Iterable[Obj]) -> dict[str, Obj]:
 
 def build_pending(pod: Obj, event: Obj | None) -> PendingPod | None:
     """The Pending pod's view, or None when it asks for no Neuron resource."""
-    requests = neuron_requests(pod)
-    if not requests:
-        return None
     meta = pod.get("metadata") or {}
     scheduler = str((pod.get("spec") or {}).get("schedulerName") or "default-scheduler")
+    try:
+        requests = neuron_requests(pod)
+    except RequestError as err:
+        return PendingPod(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            scheduler_name=scheduler,
+            requests={},
+            created_at=_parse_time(meta.get("creationTimestamp")),
+            reason=INVALID_REQUEST,
+            message=f"{err}; the extender refuses this pod",
+        )
+    if not requests:
+        return None
     warnings = []
     if scheduler != NEURON_SCHEDULER:
         warnings.append(
