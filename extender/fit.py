@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Literal
 
 from neuronalloc import (
+    Free,
     NodeState,
     Refusal,
     Resource,
@@ -37,7 +38,6 @@ from neuronalloc.requests import PodRequest, RequestShape, Step
 
 __all__ = [
     "FITS",
-    "Free",
     "PendingPod",
     "Verdict",
     "VerdictKind",
@@ -49,29 +49,6 @@ __all__ = [
 ]
 
 VerdictKind = Literal["fit", "no_block", "unresolvable", "unknown", "not_serving"]
-
-
-@dataclass(frozen=True, slots=True)
-class Free:
-    """What a node has free, as whole devices and as cores (the shared-hardware rule keeps them consistent)."""
-
-    devices: frozenset[int]
-    cores: frozenset[int]
-
-    @classmethod
-    def everything(cls, topo: Topology) -> Free:
-        return cls(frozenset(range(topo.device_count)), frozenset(range(topo.core_count)))
-
-    def of(self, resource: Resource) -> frozenset[int]:
-        return self.devices if resource is Resource.NEURON else self.cores
-
-    def take(self, topo: Topology, resource: Resource, block: Iterable[int]) -> Free:
-        """The free sets after `block` is held: a held device frees none of its cores, a held core makes its
-        device no longer free as a whole device."""
-        ids = frozenset(block)
-        if resource is Resource.NEURON:
-            return Free(self.devices - ids, self.cores - topo.cores_of_devices(ids))
-        return Free(self.devices - topo.devices_of_cores(ids), self.cores - ids)
 
 
 @dataclass(frozen=True, slots=True)

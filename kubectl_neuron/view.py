@@ -21,6 +21,7 @@ from neuronalloc import (
     NodeStateError,
     Resource,
     decode_node_state,
+    hardware_in_use,
     largest_free_block,
     lookup_instance_type,
 )
@@ -165,23 +166,45 @@ def _health(node: Obj) -> HealthCondition | None:
 
 def _device_cells(state: NodeState) -> tuple[DeviceCell, ...]:
     topo = state.topology
+    # Which devices each pod's holding ties up, by the core's shared-hardware rule.
+    covered = {key: hardware_in_use(topo, held.devices, held.cores).devices for key, held in state.pods.items()}
     cells = []
     for device in range(topo.device_count):
-        cores = set(topo.cores_of_device(device))
-        whole = [key for key, held in state.pods.items() if device in held.devices]
-        by_core = [key for key, held in state.pods.items() if held.cores & cores]
+        holders = tuple(sorted(key for key, devices in covered.items() if device in devices))
         if device in state.unhealthy_devices:
             status = DeviceStatus.UNHEALTHY
-        elif whole:
+        elif any(device in state.pods[key].devices for key in holders):
             status = DeviceStatus.WHOLE
-        elif by_core:
+        elif holders:
             status = DeviceStatus.CORES
         elif device in state.free_devices:
             status = DeviceStatus.FREE
         else:
             status = DeviceStatus.UNACCOUNTED
-        cells.append(DeviceCell(device, status, tuple(sorted(whole + by_core)), len(cores & state.free_cores)))
+        free_cores = sum(1 for core in topo.cores_of_device(device) if core in state.free_cores)
+        cells.append(DeviceCell(device, status, holders, free_cores))
     return tuple(cells)
+
+
+def with_state(base: NodeView, state: NodeState, now: datetime) -> NodeView:
+    """`base` with the device map and free blocks of the state the plugin published."""
+    topo = state.topology
+    return replace(
+        base,
+        instance_type=topo.instance_type,
+        topology_known=topo.known,
+        device_count=topo.device_count,
+        cores_per_device=topo.cores_per_device,
+        devices=_device_cells(state),
+        free_devices=state.free_devices,
+        free_cores=state.free_cores,
+        unhealthy_devices=state.unhealthy_devices,
+        largest_free_devices=largest_free_block(topo, Resource.NEURON, state.free_devices),
+        largest_free_cores=largest_free_block(topo, Resource.NEURONCORE, state.free_cores),
+        pods=tuple(sorted(state.pods)),
+        observed_at=state.observed_at,
+        age_seconds=max(0.0, (now - state.observed_at).total_seconds()),
+    )
 
 
 def build_node(node: Obj, now: datetime) -> NodeView:
@@ -202,23 +225,7 @@ def build_node(node: Obj, now: datetime) -> NodeView:
         state = decode_node_state(annotations)
     except NodeStateError as err:
         return replace(base, error=f"unreadable node state: {err}")
-    topo = state.topology
-    return replace(
-        base,
-        instance_type=topo.instance_type,
-        topology_known=topo.known,
-        device_count=topo.device_count,
-        cores_per_device=topo.cores_per_device,
-        devices=_device_cells(state),
-        free_devices=state.free_devices,
-        free_cores=state.free_cores,
-        unhealthy_devices=state.unhealthy_devices,
-        largest_free_devices=largest_free_block(topo, Resource.NEURON, state.free_devices),
-        largest_free_cores=largest_free_block(topo, Resource.NEURONCORE, state.free_cores),
-        pods=tuple(sorted(state.pods)),
-        observed_at=state.observed_at,
-        age_seconds=max(0.0, (now - state.observed_at).total_seconds()),
-    )
+    return with_state(base, state, now)
 
 
 # ---- pending pods -------------------------------------------------------------------------------------

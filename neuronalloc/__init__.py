@@ -28,7 +28,7 @@ from neuronalloc.ranges import RangeListError, decode_ranges, encode_ranges
 from neuronalloc.refusal import Refusal
 from neuronalloc.resources import Resource
 from neuronalloc.topology import ALIGNED_SIZES, Rule, Topology
-from neuronalloc.usage import free_sets
+from neuronalloc.usage import Free, Hardware, free_sets, hardware_in_use, hardware_of
 
 __all__ = [
     "ALIGNED_SIZES",
@@ -37,6 +37,8 @@ __all__ = [
     "CORE_POLICY",
     "DEVICE_POLICY",
     "UNKNOWN_INSTANCE_TYPE",
+    "Free",
+    "Hardware",
     "InstanceType",
     "NodeState",
     "NodeStateError",
@@ -58,6 +60,8 @@ __all__ = [
     "free_blocks",
     "free_sets",
     "guess_instance_type",
+    "hardware_in_use",
+    "hardware_of",
     "is_aligned",
     "largest_free_block",
     "lookup_instance_type",

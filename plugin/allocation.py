@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from neuronalloc import Refusal, Resource, Topology, allocate, check_block, encode_ranges
+from neuronalloc import Refusal, Resource, Topology, allocate, check_block, encode_ranges, hardware_of
 from neuronalloc.text import MAX_MESSAGE, MAX_QUOTE, shorten
 from plugin.nodeview import NodeView
 from plugin.podresources import parse_unit_id
@@ -124,10 +124,6 @@ def require_fresh(view: NodeView, resource: Resource, ids: str) -> None:
         )
 
 
-def devices_of(topology: Topology, resource: Resource, ids: Sequence[int]) -> tuple[int, ...]:
-    return tuple(sorted(set(ids) if resource is Resource.NEURON else topology.devices_of_cores(ids)))
-
-
 def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
     """The block, if Allocate may grant it; else AllocationRejected naming the first broken rule."""
     topology = view.topology
@@ -142,7 +138,7 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
             Rejection.INVALID_ARGUMENT, "block_rule", encode_ranges(ids), f"[{encode_ranges(ids)}]: {refusal}"
         )
     require_fresh(view, resource, encode_ranges(ids))
-    sick = [d for d in devices_of(topology, resource, ids) if not view.is_healthy(d)]
+    sick = sorted(d for d in hardware_of(topology, resource, ids).devices if not view.is_healthy(d))
     if sick:
         raise AllocationRejected(
             Rejection.FAILED_PRECONDITION,
@@ -165,8 +161,8 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
 
 
 def grant(topology: Topology, device_root: Path, resource: Resource, ids: Sequence[int]) -> Grant:
-    devices = devices_of(topology, resource, ids)
-    cores = tuple(sorted(topology.cores_of_devices(ids))) if resource is Resource.NEURON else tuple(ids)
+    held = hardware_of(topology, resource, ids)
+    devices, cores = tuple(sorted(held.devices)), tuple(sorted(held.cores))
     paths = tuple((str(device_root / f"neuron{d}"), f"{CONTAINER_DEVICE_DIR}/neuron{d}") for d in devices)
     return Grant(devices, cores, paths)
 

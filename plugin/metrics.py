@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from neuronalloc import Resource, Topology, largest_free_block
+from neuronalloc import Resource, Topology, hardware_in_use, largest_free_block
 from plugin.hwerrors import DROP_REASONS, HW_ERROR_KINDS
 from plugin.nodeview import Usage
 
@@ -154,16 +154,15 @@ class PluginMetrics:
         self.topology_fallback.set(0 if topology.known else 1)
 
     def set_usage(self, topology: Topology, usage: Usage) -> None:
-        unhealthy = usage.unhealthy_devices & frozenset(range(topology.device_count))
-        cores_in_use = usage.used_cores | topology.cores_of_devices(usage.used_devices)
-        devices_in_use = usage.used_devices | topology.devices_of_cores(usage.used_cores)
-        self.devices.labels("healthy").set(topology.device_count - len(unhealthy))
-        self.devices.labels("unhealthy").set(len(unhealthy))
-        self.devices.labels("allocated").set(len(devices_in_use))
+        unhealthy = hardware_in_use(topology, usage.unhealthy_devices, ())
+        in_use = hardware_in_use(topology, usage.used_devices, usage.used_cores)
+        self.devices.labels("healthy").set(topology.device_count - len(unhealthy.devices))
+        self.devices.labels("unhealthy").set(len(unhealthy.devices))
+        self.devices.labels("allocated").set(len(in_use.devices))
         self.devices.labels("free").set(len(usage.free_devices))
-        self.cores.labels("healthy").set(topology.core_count - len(topology.cores_of_devices(unhealthy)))
-        self.cores.labels("unhealthy").set(len(topology.cores_of_devices(unhealthy)))
-        self.cores.labels("allocated").set(len(cores_in_use))
+        self.cores.labels("healthy").set(topology.core_count - len(unhealthy.cores))
+        self.cores.labels("unhealthy").set(len(unhealthy.cores))
+        self.cores.labels("allocated").set(len(in_use.cores))
         self.cores.labels("free").set(len(usage.free_cores))
         self.largest_free_block.labels(Resource.NEURON.short).set(
             largest_free_block(topology, Resource.NEURON, usage.free_devices)

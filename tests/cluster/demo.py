@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from neuronalloc import Resource
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
         print(f"\nNEURON_HW_ERR on {trn1} device 15: the plugin reports it unhealthy.\n")
 
-        print(render_cluster({name: pool.node_state(name) for name in pool.nodes}))
+        nodes = [cluster.api.sanitize_for_serialization(pool.core.read_node(name)) for name in pool.nodes]
+        print(render_cluster(nodes, datetime.now(UTC)))
         print("\ntearing down ...")
     if args.keep_logs:
         print(f"logs kept in {workdir / 'logs'}")
