@@ -6,9 +6,7 @@ alerts see a 0, not a missing series, before the first event.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +24,9 @@ from plugin.nodeview import Usage
 
 RPCS = ("GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation", "Allocate", "PreStartContainer")
 ALLOCATION_RESULTS = ("ok", "invalid_argument", "failed_precondition")
+# An RPC's result: how it answered (ok, or the gRPC code it refused with), cancelled by the caller, or error
+# (anything unexpected, which gRPC answers UNKNOWN).
+RPC_RESULTS = (*ALLOCATION_RESULTS, "cancelled", "error")
 REGISTRATION_RESULTS = ("ok", "error")
 PUBLISH_ERROR_REASONS = ("podresources_unavailable", "apiserver_unreachable", "apiserver_rejected")
 STATES = ("healthy", "unhealthy", "allocated", "free")
@@ -54,6 +55,10 @@ class PluginMetrics:
             "rpc_duration_seconds",
             "Device-plugin RPC handling time (ListAndWatch: time to each update)",
             ["rpc", "resource"], namespace=ns, subsystem=sub, registry=reg, buckets=_RPC_BUCKETS,
+        )  # fmt: skip
+        self.rpcs = Counter(
+            "rpcs", "Device-plugin RPCs by result (ListAndWatch: each device list sent)", ["rpc", "resource", "result"],
+            namespace=ns, subsystem=sub, registry=reg,
         )  # fmt: skip
         self.registrations = Counter(
             "registrations", "Register calls to kubelet by result", ["resource", "result"],
@@ -118,6 +123,8 @@ class PluginMetrics:
             self.registered.labels(resource.short)
             for rpc in RPCS:
                 self.rpc_duration.labels(rpc, resource.short)
+                for result in RPC_RESULTS:
+                    self.rpcs.labels(rpc, resource.short, result)
             for result in ALLOCATION_RESULTS:
                 self.allocations.labels(resource.short, result)
             for result in REGISTRATION_RESULTS:
@@ -142,13 +149,12 @@ class PluginMetrics:
         self.serving.set_function(lambda: 1.0 if reason() is None else 0.0)
         self.podresources_age.set_function(lambda: float("inf") if (age := podresources_age()) is None else age)
 
-    @contextmanager
-    def rpc_timer(self, rpc: str, resource: Resource) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.rpc_duration.labels(rpc, resource.short).observe(time.perf_counter() - started)
+    def observe(self, rpc: str, resource: Resource, result: str, elapsed: float) -> None:
+        """One RPC, once, when it has answered: its time, its result, and for Allocate the allocations count."""
+        self.rpc_duration.labels(rpc, resource.short).observe(elapsed)
+        self.rpcs.labels(rpc, resource.short, result).inc()
+        if rpc == "Allocate" and result in ALLOCATION_RESULTS:
+            self.allocations.labels(resource.short, result).inc()
 
     def set_topology(self, topology: Topology) -> None:
         self.topology_fallback.set(0 if topology.known else 1)
