@@ -31,7 +31,7 @@ from neuronalloc.text import shorten
 Obj = Mapping[str, Any]
 
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
-NEURON_SCHEDULER = "neuron-contig-scheduler"
+DEFAULT_SCHEDULER_NAME = "neuron-contig-scheduler"  # the chart's schedulerName (and the extender's) default
 HEALTH_CONDITION = "NeuronDevicesHealthy"  # set by the device plugin (plugin/condition.py)
 ALL_HEALTHY = "AllDevicesHealthy"
 MAX_CONDITION_MESSAGE = 1024  # what the plugin writes at most; longer (not ours) is cut
@@ -267,8 +267,8 @@ def latest_events_by_pod(events: Iterable[Obj]) -> dict[str, Obj]:
     return latest
 
 
-def build_pending(pod: Obj, event: Obj | None) -> PendingPod | None:
-    """The Pending pod's view, or None when it asks for no Neuron resource."""
+def build_pending(pod: Obj, event: Obj | None, ours: str = DEFAULT_SCHEDULER_NAME) -> PendingPod | None:
+    """The Pending pod's view, or None when it asks for no Neuron resource. `ours`: the install's scheduler."""
     meta = pod.get("metadata") or {}
     scheduler = str((pod.get("spec") or {}).get("schedulerName") or "default-scheduler")
     try:
@@ -286,10 +286,8 @@ def build_pending(pod: Obj, event: Obj | None) -> PendingPod | None:
     if not requests:
         return None
     warnings = []
-    if scheduler != NEURON_SCHEDULER:
-        warnings.append(
-            f"scheduled by {scheduler}, not {NEURON_SCHEDULER}: its device IDs are not guaranteed contiguous"
-        )
+    if scheduler != ours:
+        warnings.append(f"scheduled by {scheduler}, not {ours}: its device IDs are not guaranteed contiguous")
     if len(requests) > 1:
         warnings.append("asks for both whole devices and NeuronCores")
     scheduled = _condition(pod, "PodScheduled")
@@ -316,11 +314,19 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
-def build_view(nodes: Sequence[Obj], pending_pods: Sequence[Obj], events: Sequence[Obj], now: datetime) -> ClusterView:
+def build_view(
+    nodes: Sequence[Obj],
+    pending_pods: Sequence[Obj],
+    events: Sequence[Obj],
+    now: datetime,
+    scheduler_name: str = DEFAULT_SCHEDULER_NAME,
+) -> ClusterView:
     views = (build_node(n, now) for n in nodes if is_neuron_node(n))
     node_views = tuple(sorted(views, key=lambda v: natural_key(v.name)))
     latest = latest_events_by_pod(events)
-    pending = [build_pending(p, latest.get((p.get("metadata") or {}).get("uid", ""))) for p in pending_pods]
+    pending = [
+        build_pending(p, latest.get((p.get("metadata") or {}).get("uid", "")), scheduler_name) for p in pending_pods
+    ]
     return ClusterView(
         nodes=node_views,
         pending=tuple(sorted((p for p in pending if p is not None), key=lambda p: p.key)),

@@ -117,7 +117,7 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self, call: _Call, rejected: AllocationRejected, event: str, context: grpc.aio.ServicerContext, **fields: Any
     ) -> NoReturn:
         call.result = rejected.kind.value
-        self._log.warning(event, ids=rejected.ids, rule=rejected.rule, message=rejected.message, **fields)
+        self._log.warning(event, ids=rejected.ids, check=rejected.check, message=rejected.message, **fields)
         await context.abort(_STATUS[rejected.kind], rejected.message)
         raise AssertionError("context.abort returned")  # it raises; this tells type checkers so
 

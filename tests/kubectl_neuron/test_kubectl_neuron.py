@@ -104,6 +104,15 @@ def test_json_pending_pods_and_why_they_wait(capsys: pytest.CaptureFixture[str],
     assert any("not neuron-contig-scheduler" in w for w in wrong["warnings"])
 
 
+def test_a_renamed_scheduler_is_named_with_scheduler_name(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
+    # An install whose chart sets schedulerName: pods of that scheduler get no "not guaranteed contiguous"
+    # warning, and pods of neuron-contig-scheduler (not the install's) do.
+    doc = run_json(capsys, kubeconfig, "--scheduler-name", "default-scheduler")
+    pending = {f"{p['namespace']}/{p['name']}": p for p in doc["pending"]}
+    assert pending["default/wrong-sched"]["warnings"] == []
+    assert any("not default-scheduler" in w for w in pending["ml/big-model"]["warnings"])
+
+
 def test_reads_only_with_paged_lists(
     capsys: pytest.CaptureFixture[str], kubeconfig: Path, cluster: FakeCluster
 ) -> None:
