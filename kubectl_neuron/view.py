@@ -17,6 +17,7 @@ from typing import Any
 
 from neuronalloc import (
     ANNOTATION_PREFIX,
+    INSTANCE_TYPE_LABEL,
     NodeState,
     NodeStateError,
     Resource,
@@ -30,7 +31,6 @@ from neuronalloc.text import shorten
 
 Obj = Mapping[str, Any]
 
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 DEFAULT_SCHEDULER_NAME = "neuron-contig-scheduler"  # the chart's schedulerName (and the extender's) default
 HEALTH_CONDITION = "NeuronDevicesHealthy"  # set by the device plugin (plugin/condition.py)
 ALL_HEALTHY = "AllDevicesHealthy"
@@ -72,7 +72,7 @@ class HealthCondition:
 
 
 @dataclass(frozen=True)
-class NodeView:
+class NodeReport:
     name: str
     instance_type: str | None
     ready: bool
@@ -103,7 +103,7 @@ class NodeView:
 
 
 @dataclass(frozen=True)
-class PendingPod:
+class PendingReport:
     namespace: str
     name: str
     scheduler_name: str
@@ -119,9 +119,9 @@ class PendingPod:
 
 
 @dataclass(frozen=True)
-class ClusterView:
-    nodes: tuple[NodeView, ...]
-    pending: tuple[PendingPod, ...]
+class ClusterReport:
+    nodes: tuple[NodeReport, ...]
+    pending: tuple[PendingReport, ...]
     taken_at: datetime
     warnings: tuple[str, ...] = field(default=())
 
@@ -186,7 +186,7 @@ def _device_cells(state: NodeState) -> tuple[DeviceCell, ...]:
     return tuple(cells)
 
 
-def with_state(base: NodeView, state: NodeState, now: datetime) -> NodeView:
+def with_state(base: NodeReport, state: NodeState, now: datetime) -> NodeReport:
     """`base` with the device map and free blocks of the state the plugin published."""
     topo = state.topology
     return replace(
@@ -207,12 +207,12 @@ def with_state(base: NodeView, state: NodeState, now: datetime) -> NodeView:
     )
 
 
-def build_node(node: Obj, now: datetime) -> NodeView:
+def build_node(node: Obj, now: datetime) -> NodeReport:
     meta = node.get("metadata", {})
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     ready_cond = _condition(node, "Ready")
-    base = NodeView(
+    base = NodeReport(
         name=str(meta.get("name", "")),
         instance_type=labels.get(INSTANCE_TYPE_LABEL),
         ready=bool(ready_cond and ready_cond.get("status") == "True"),
@@ -267,14 +267,14 @@ def latest_events_by_pod(events: Iterable[Obj]) -> dict[str, Obj]:
     return latest
 
 
-def build_pending(pod: Obj, event: Obj | None, ours: str = DEFAULT_SCHEDULER_NAME) -> PendingPod | None:
+def build_pending(pod: Obj, event: Obj | None, ours: str = DEFAULT_SCHEDULER_NAME) -> PendingReport | None:
     """The Pending pod's view, or None when it asks for no Neuron resource. `ours`: the install's scheduler."""
     meta = pod.get("metadata") or {}
     scheduler = str((pod.get("spec") or {}).get("schedulerName") or "default-scheduler")
     try:
         requests = neuron_requests(pod)
     except RequestError as err:
-        return PendingPod(
+        return PendingReport(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
             scheduler_name=scheduler,
@@ -297,7 +297,7 @@ def build_pending(pod: Obj, event: Obj | None, ours: str = DEFAULT_SCHEDULER_NAM
         reason, message = str(scheduled.get("reason", "")), str(scheduled.get("message", ""))
     else:
         reason, message = "NotAttempted", f"{scheduler} has not reported a scheduling attempt yet"
-    return PendingPod(
+    return PendingReport(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         scheduler_name=scheduler,
@@ -320,14 +320,14 @@ def build_view(
     events: Sequence[Obj],
     now: datetime,
     scheduler_name: str = DEFAULT_SCHEDULER_NAME,
-) -> ClusterView:
+) -> ClusterReport:
     views = (build_node(n, now) for n in nodes if is_neuron_node(n))
     node_views = tuple(sorted(views, key=lambda v: natural_key(v.name)))
     latest = latest_events_by_pod(events)
     pending = [
         build_pending(p, latest.get((p.get("metadata") or {}).get("uid", "")), scheduler_name) for p in pending_pods
     ]
-    return ClusterView(
+    return ClusterReport(
         nodes=node_views,
         pending=tuple(sorted((p for p in pending if p is not None), key=lambda p: p.key)),
         taken_at=now,

@@ -18,6 +18,7 @@ from neuronalloc.catalog import (
 )
 from neuronalloc.nodestate import (
     ANNOTATION_PREFIX,
+    INSTANCE_TYPE_LABEL,
     NodeState,
     NodeStateError,
     PodHolding,
@@ -36,6 +37,7 @@ __all__ = [
     "CATALOG",
     "CORE_POLICY",
     "DEVICE_POLICY",
+    "INSTANCE_TYPE_LABEL",
     "UNKNOWN_INSTANCE_TYPE",
     "Free",
     "Hardware",

@@ -18,14 +18,14 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from neuronalloc import Resource
+from neuronalloc import INSTANCE_TYPE_LABEL, Resource
 from neuronlog import configure_logging, get_logger
 from plugin.condition import Condition, ConditionPublisher, health_condition
 from plugin.config import ConfigError, PluginConfig, load_config
 from plugin.discovery import Discovery, DiscoveryError, discover
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
 from plugin.httpserve import serve_http
-from plugin.kubeapi import INSTANCE_TYPE_LABEL, KubeApiError, KubeConfigError, NodeApi, connect
+from plugin.kubeapi import KubeApiError, KubeConfigError, NodeApi, connect
 from plugin.lifecycle import ResourceLifecycle
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView, PodResourcesStatus
