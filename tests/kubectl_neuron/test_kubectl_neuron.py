@@ -93,7 +93,8 @@ def test_json_device_maps_and_largest_blocks_of_known_nodes(
 
 def test_json_pending_pods_and_why_they_wait(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
     pending = {f"{p['namespace']}/{p['name']}": p for p in run_json(capsys, kubeconfig)["pending"]}
-    assert set(pending) == {"ml/big-model", "ml/cores", "default/wrong-sched"}
+    assert set(pending) == {"ml/big-model", "ml/cores", "default/wrong-sched", "ml/with-sidecar"}
+    assert pending["ml/with-sidecar"]["requests"] == {"neuron": 7}  # the setup container beside the sidecar
     big = pending["ml/big-model"]
     assert big["requests"] == {"neuron": 8}
     assert big["reason"] == "FailedScheduling" and big["message"] == recorded.NEW_MESSAGE  # the newest event
@@ -132,7 +133,7 @@ def test_table_reads_well_at_100_nodes(capsys: pytest.CaptureFixture[str], kubec
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("100 Neuron nodes; ")
-    assert "3 Pending pods need Neuron" in lines[0]
+    assert "4 Pending pods need Neuron" in lines[0]
     header = next(i for i, line in enumerate(lines) if line.startswith("NODE "))
     legend = next(i for i, line in enumerate(lines) if line.startswith("map: "))
     rows = [line for line in lines[header:legend] if NODE_ROW.match(line)]
