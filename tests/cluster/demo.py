@@ -77,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
         print(f"\nNEURON_HW_ERR on {trn1} device 15: the plugin reports it unhealthy.\n")
 
-        nodes = [cluster.api.sanitize_for_serialization(pool.core.read_node(name)) for name in pool.nodes]
-        print(render_cluster(nodes, datetime.now(UTC)))
+        as_dict = cluster.api.sanitize_for_serialization
+        nodes = [as_dict(pool.core.read_node(name)) for name in pool.nodes]
+        pending = as_dict(pool.core.list_namespaced_pod(pool.namespace, field_selector="status.phase=Pending").items)
+        events = as_dict(
+            pool.core.list_namespaced_event(pool.namespace, field_selector="reason=FailedScheduling").items
+        )
+        print(render_cluster(nodes, datetime.now(UTC), pending, events))
         print("\ntearing down ...")
     if args.keep_logs:
         print(f"logs kept in {workdir / 'logs'}")

@@ -12,6 +12,12 @@ from kubectl_neuron.render import render_table
 from kubectl_neuron.view import build_view
 
 
-def render_cluster(nodes: Sequence[Mapping[str, Any]], now: datetime) -> str:
-    """Every node's map, the pod behind each letter, the legend, and why devices are withdrawn."""
-    return render_table(build_view(nodes, (), (), now), wide=True)
+def render_cluster(
+    nodes: Sequence[Mapping[str, Any]],
+    now: datetime,
+    pending: Sequence[Mapping[str, Any]] = (),
+    events: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """Every node's map, the pod behind each letter, the legend, why devices are withdrawn, and the Pending
+    pods with the scheduler's latest word on each."""
+    return render_table(build_view(nodes, pending, events, now), wide=True)
