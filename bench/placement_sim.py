@@ -2,10 +2,12 @@
 
     python bench/placement_sim.py [--seed 7] [--pods 4000] [--load 0.85]
 
-Cluster: 6 x inf1.6xlarge, 3 x inf1.24xlarge, 3 x inf2.48xlarge, 4 x trn1.32xlarge (172 devices).
-Trace: Poisson arrivals, exponential run times; 70% `aws.amazon.com/neuron` pods and 30% `neuroncore` pods of
-1, 2, 4, 8 or 16 units. A pod that cannot be placed waits in the queue (retried, oldest first, whenever a pod
-leaves) and gives up after its patience runs out: "placed" is the share that ever started and ran.
+Cluster: 6 x inf1.6xlarge, 3 x inf1.24xlarge, 3 x inf2.48xlarge, 4 x trn1.32xlarge, 2 x trn3.48xlarge,
+2 x trn3e.24xlarge (212 devices).
+Trace: Poisson arrivals, exponential run times; 60% `aws.amazon.com/neuron` pods, 10% pods asking the alias
+`aws.amazon.com/neurondevice` (old pod specs) and 30% `neuroncore` pods of 1, 2, 4, 8 or 16 units. A pod that
+cannot be placed waits in the queue (retried, oldest first, whenever a pod leaves) and gives up after its patience
+runs out: "placed" is the share that ever started and ran.
 
 Policies (node choice, then the IDs kubelet hands the pod):
   stock       the scheduler counts free devices; kubelet picks arbitrary IDs. A set the Neuron runtime refuses
@@ -46,10 +48,14 @@ from neuronalloc import (
 )
 from neuronalloc.blocks import free_blocks
 
-CLUSTER = (("inf1.6xlarge", 6), ("inf1.24xlarge", 3), ("inf2.48xlarge", 3), ("trn1.32xlarge", 4))
+CLUSTER = (
+    ("inf1.6xlarge", 6), ("inf1.24xlarge", 3), ("inf2.48xlarge", 3), ("trn1.32xlarge", 4), ("trn3.48xlarge", 2),
+    ("trn3e.24xlarge", 2),
+)  # fmt: skip
 SIZES = (1, 2, 4, 8, 16)
 SIZE_WEIGHTS = (35, 25, 20, 12, 8)
 CORE_SHARE = 0.3
+ALIAS_SHARE = 0.1  # pods asking aws.amazon.com/neurondevice: placed as whole devices, like neuron
 MEAN_RUN = 60.0
 PATIENCE = 30.0
 
@@ -107,7 +113,12 @@ def make_trace(seed: int, pods: int, load: float) -> list[Pod]:
     now, trace = 0.0, []
     for index in range(pods):
         now += rng.expovariate(rate)
-        resource = Resource.NEURONCORE if rng.random() < CORE_SHARE else Resource.NEURON
+        draw = rng.random()
+        resource = (
+            Resource.NEURONCORE if draw < CORE_SHARE
+            else Resource.NEURONDEVICE if draw < CORE_SHARE + ALIAS_SHARE
+            else Resource.NEURON
+        )  # fmt: skip
         size = rng.choices(SIZES, SIZE_WEIGHTS)[0]
         trace.append(Pod(index, now, rng.expovariate(1 / MEAN_RUN), resource, size))
     return trace

@@ -19,7 +19,7 @@ Verdicts:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
@@ -31,10 +31,13 @@ from neuronalloc import (
     Topology,
     allocate,
     block_fit_score,
+    encode_ranges,
     free_blocks,
     is_aligned,
 )
 from neuronalloc.requests import PodRequest, RequestShape, Step
+
+UNHEALTHY_NOTE = "some devices unhealthy: see the node condition NeuronDevicesHealthy"
 
 __all__ = [
     "FITS",
@@ -240,4 +243,13 @@ def judge_node(state: NodeState, pending: Iterable[PendingPod], request: PodRequ
     free = account_pending(
         state.topology, Free(frozenset(state.free_devices), frozenset(state.free_cores)), unaccounted
     )
-    return judge(state.topology, free, request, scored=scored)
+    verdict = judge(state.topology, free, request, scored=scored)
+    if verdict.kind != "no_block" or not state.unhealthy_devices:
+        return verdict
+    # Failed hardware is a different cause with a different owner (the node, not the workload): say so, and
+    # where the plugin explains it. The reason stays free of IDs so the scheduler's event still groups it.
+    return replace(
+        verdict,
+        reason=f"{verdict.reason} ({UNHEALTHY_NOTE})",
+        detail=f"{verdict.detail}; unhealthy devices {encode_ranges(state.unhealthy_devices)}",
+    )

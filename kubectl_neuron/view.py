@@ -43,7 +43,7 @@ INVALID_REQUEST = "InvalidRequest"  # a Pending pod whose Neuron quantity is mal
 
 class DeviceStatus(StrEnum):
     FREE = "free"  # healthy, no core in use: placeable as a whole device
-    WHOLE = "whole"  # held whole by one pod (aws.amazon.com/neuron)
+    WHOLE = "whole"  # held whole by one pod (aws.amazon.com/neuron or its alias aws.amazon.com/neurondevice)
     CORES = "cores"  # some of its cores held (aws.amazon.com/neuroncore)
     UNHEALTHY = "unhealthy"
     UNACCOUNTED = "unaccounted"  # not free, yet no pod in the annotation holds it (a pod from before a restart?)
@@ -267,8 +267,37 @@ def latest_events_by_pod(events: Iterable[Obj]) -> dict[str, Obj]:
     return latest
 
 
-def build_pending(pod: Obj, event: Obj | None, ours: str = DEFAULT_SCHEDULER_NAME) -> PendingReport | None:
-    """The Pending pod's view, or None when it asks for no Neuron resource. `ours`: the install's scheduler."""
+_WHOLE = frozenset(r.short for r in Resource if r.whole_devices)
+_NAMES = {r.short: r.value for r in Resource}
+# Why a name may be missing from every node: said with the warning, so the cause is on the operator's screen.
+_MISSING_HINT = {
+    Resource.NEURONDEVICE.short: " (the alias AWS's device plugin served until 2.21; neuron-contig's plugin "
+    "serves it unless run with --disable-neurondevice)",
+}
+
+
+def _request_warnings(requests: Mapping[str, int], advertised: frozenset[str] | None) -> list[str]:
+    warnings = []
+    whole = sorted(_WHOLE & set(requests))
+    if whole and Resource.NEURONCORE.short in requests:
+        warnings.append("asks for both whole devices and NeuronCores")
+    if len(whole) > 1:
+        warnings.append(
+            f"asks for whole devices under two names ({' and '.join(whole)}): kubelet allocates each name "
+            "separately, as two blocks"
+        )
+    for short in sorted(requests):
+        name = _NAMES.get(short, short)
+        if advertised is not None and name not in advertised:
+            warnings.append(f"no node advertises {name}{_MISSING_HINT.get(short, '')}")
+    return warnings
+
+
+def build_pending(
+    pod: Obj, event: Obj | None, advertised: frozenset[str] | None = None, ours: str = DEFAULT_SCHEDULER_NAME
+) -> PendingReport | None:
+    """The Pending pod's view, or None when it asks for no Neuron resource. `advertised`: the Neuron resource
+    names some node's capacity lists (None = unknown, no warning about them); `ours`: the install's scheduler."""
     meta = pod.get("metadata") or {}
     scheduler = str((pod.get("spec") or {}).get("schedulerName") or "default-scheduler")
     try:
@@ -288,8 +317,7 @@ def build_pending(pod: Obj, event: Obj | None, ours: str = DEFAULT_SCHEDULER_NAM
     warnings = []
     if scheduler != ours:
         warnings.append(f"scheduled by {scheduler}, not {ours}: its device IDs are not guaranteed contiguous")
-    if len(requests) > 1:
-        warnings.append("asks for both whole devices and NeuronCores")
+    warnings.extend(_request_warnings(requests, advertised))
     scheduled = _condition(pod, "PodScheduled")
     if event is not None:
         reason, message = str(event.get("reason", "")), str(event.get("message", ""))
@@ -324,8 +352,12 @@ def build_view(
     views = (build_node(n, now) for n in nodes if is_neuron_node(n))
     node_views = tuple(sorted(views, key=lambda v: natural_key(v.name)))
     latest = latest_events_by_pod(events)
+    advertised = frozenset(
+        name for n in nodes for name in ((n.get("status") or {}).get("capacity") or {}) if name in _NAMES.values()
+    )
     pending = [
-        build_pending(p, latest.get((p.get("metadata") or {}).get("uid", "")), scheduler_name) for p in pending_pods
+        build_pending(p, latest.get((p.get("metadata") or {}).get("uid", "")), advertised, scheduler_name)
+        for p in pending_pods
     ]
     return ClusterReport(
         nodes=node_views,

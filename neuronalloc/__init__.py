@@ -27,9 +27,9 @@ from neuronalloc.nodestate import (
 )
 from neuronalloc.ranges import RangeListError, decode_ranges, encode_ranges
 from neuronalloc.refusal import Refusal
-from neuronalloc.resources import Resource
+from neuronalloc.resources import DEVICE_RESOURCES, Resource
 from neuronalloc.topology import ALIGNED_SIZES, Rule, Topology
-from neuronalloc.usage import Free, Hardware, free_sets, hardware_in_use, hardware_of
+from neuronalloc.usage import Free, Hardware, free_sets, hardware_in_use, hardware_of, usable_through
 
 __all__ = [
     "ALIGNED_SIZES",
@@ -37,6 +37,7 @@ __all__ = [
     "CATALOG",
     "CORE_POLICY",
     "DEVICE_POLICY",
+    "DEVICE_RESOURCES",
     "INSTANCE_TYPE_LABEL",
     "UNKNOWN_INSTANCE_TYPE",
     "Free",
@@ -68,5 +69,6 @@ __all__ = [
     "largest_free_block",
     "lookup_instance_type",
     "resolve_topology",
+    "usable_through",
     "with_cores_per_device",
 ]

@@ -104,7 +104,7 @@ CORE_POLICY: Sequence[Preference] = (
 
 
 def policy_for(resource: Resource) -> Sequence[Preference]:
-    return DEVICE_POLICY if resource is Resource.NEURON else CORE_POLICY
+    return DEVICE_POLICY if resource.whole_devices else CORE_POLICY
 
 
 def _blocks(request: _Request, size: int) -> Iterator[range]:

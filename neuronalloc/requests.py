@@ -43,7 +43,8 @@ MAX_CONTAINER_SIZE = 4096
 Step = tuple[str, int, bool]
 RequestShape = tuple[Step, ...]
 
-_NEURON_RESOURCES: tuple[Resource, ...] = (Resource.NEURON, Resource.NEURONCORE)
+# neurondevice: the whole-device alias AWS's older plugin served; placed exactly as neuron.
+_NEURON_RESOURCES: tuple[Resource, ...] = (Resource.NEURON, Resource.NEURONCORE, Resource.NEURONDEVICE)
 
 
 class RequestError(ValueError):
@@ -117,7 +118,7 @@ def _quantity(container: str, resource: Resource, raw: str) -> int:
     if not raw.isascii() or not raw.isdigit():
         raise RequestError(
             f"container {quote(container, 80)}: {resource.value} quantity {quote(raw, 40)} is not a whole number "
-            f"of {'devices' if resource is Resource.NEURON else 'cores'}"
+            f"of {'devices' if resource.whole_devices else 'cores'}"
         )
     # Count digits before int(): a 5,000-digit string is garbage, and int() would raise its own ValueError.
     digits = raw.lstrip("0") or "0"

@@ -1,17 +1,18 @@
-"""Shared hardware: what is free as whole devices and as cores, given what is in use.
+"""Shared hardware: what is free as whole devices and as cores, given what is in use under each name.
 
-One rule, `hardware_of`: a block of whole devices holds those devices and every core on them; a block of cores
-holds those cores and keeps their devices from being free as whole devices. Everything else here (the free
-sets of a node, what a placement takes and gives back, what a pod's holding covers) follows from it.
+One rule, `hardware_of`: a block of whole devices (`neuron`, or its alias `neurondevice`) holds those devices and
+every core on them; a block of cores holds those cores and keeps their devices from being free as whole devices.
+Everything else here (the free sets of a node, what a placement takes and gives back, what a pod's holding
+covers, what one name may use given the other two) follows from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from neuronalloc.resources import Resource
+from neuronalloc.resources import DEVICE_RESOURCES, Resource
 from neuronalloc.topology import Topology
 
 
@@ -25,7 +26,7 @@ class Hardware(NamedTuple):
 def hardware_of(topo: Topology, resource: Resource, block: Iterable[int]) -> Hardware:
     """The devices and cores a block of `resource` ties up (the shared-hardware rule)."""
     ids = frozenset(block)
-    if resource is Resource.NEURON:
+    if resource.whole_devices:
         return Hardware(ids, topo.cores_of_devices(ids))
     return Hardware(topo.devices_of_cores(ids), ids)
 
@@ -49,7 +50,7 @@ class Free:
         return cls(frozenset(range(topo.device_count)), frozenset(range(topo.core_count)))
 
     def of(self, resource: Resource) -> frozenset[int]:
-        return self.devices if resource is Resource.NEURON else self.cores
+        return self.devices if resource.whole_devices else self.cores
 
     def take(self, topo: Topology, resource: Resource, block: Iterable[int]) -> Free:
         """The free sets after `block` is held."""
@@ -76,3 +77,21 @@ def free_sets(
     held = hardware_in_use(topo, (*used_devices, *unhealthy_devices), used_cores)
     free = Free.everything(topo)
     return free.devices - held.devices, free.cores - held.cores
+
+
+def usable_through(
+    topo: Topology,
+    resource: Resource,
+    held: Mapping[Resource, Iterable[int]],
+    unhealthy_devices: Iterable[int],
+) -> frozenset[int]:
+    """IDs of `resource` that health and what is held through the *other* resource names leave usable.
+
+    `held` maps each name to the IDs held through it. A device held under `neuron` or `neurondevice`, or any of
+    its cores under `neuroncore`, is used for all three names; the resource's own holdings are left out, for
+    the caller to take from whoever tracks that one name (kubelet's `available` list, or its own holdings).
+    """
+    other_devices = frozenset(i for name in DEVICE_RESOURCES if name is not resource for i in held.get(name, ()))
+    other_cores = () if resource is Resource.NEURONCORE else held.get(Resource.NEURONCORE, ())
+    free_devices, free_cores = free_sets(topo, other_devices, other_cores, unhealthy_devices)
+    return free_devices if resource.whole_devices else free_cores

@@ -8,7 +8,7 @@ Checks Allocate makes, in order (the first that fails is reported, by its name, 
   3. block_rule       - not a contiguous/aligned block (neuronalloc.check_block) -> INVALID_ARGUMENT
   4. podresources_stale - no PodResources read, or none fresh: what is in use is unknown -> FAILED_PRECONDITION
   5. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
-  6. shared_hardware  - on hardware held through the other resource -> FAILED_PRECONDITION
+  6. shared_hardware  - on hardware held through another resource name -> FAILED_PRECONDITION
 GetPreferredAllocation refuses on check 4 too: it must never pick from hardware it cannot see.
 """
 
@@ -150,13 +150,13 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
         )
     taken = sorted(set(ids) - view.usable(resource))
     if taken:
-        other = Resource.NEURONCORE if resource is Resource.NEURON else Resource.NEURON
+        others = " or ".join(other.value for other in Resource if other is not resource)
         raise AllocationRejected(
             Rejection.FAILED_PRECONDITION,
             "shared_hardware",
             encode_ranges(ids),
             f"{resource.value} [{encode_ranges(ids)}]: [{encode_ranges(taken)}] share hardware with "
-            f"{other.value} in use (a device with a core in use is not free as a device, and the reverse)",
+            f"{others} in use (a device with a core in use is not free as a device, and the reverse)",
         )
     return ids
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuronalloc import Resource
 from neuronalloc.text import quote
 from neuroncli.flags import Flag, add_flags
 from plugin.ringbuffer import RING_BUFFER  # --hw-error-log: the kernel ring buffer; ./ringbuffer names a file
@@ -23,7 +24,7 @@ MAX_QUARANTINE_SECONDS = 7 * 24 * 3600.0
 # sun_path holds 108 bytes with the terminating NUL; a longer path fails deep inside grpc with no useful message.
 MAX_UNIX_SOCKET_PATH = 107
 # The longest socket file name the plugin serves (registration.socket_name; a test keeps them in step).
-LONGEST_ENDPOINT_NAME = "neuron-contig-neuroncore.sock"
+LONGEST_ENDPOINT_NAME = "neuron-contig-neurondevice.sock"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class PluginConfig:
     advertise_address: str = ""  # an IP literal (IPv6 without brackets), "" = none
     hw_error_quarantine: float = 300.0  # seconds
     hw_error_trust: str = "any"  # one of HW_ERROR_TRUST
+    serve_neurondevice: bool = True  # False with --disable-neurondevice
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        """The resource names registered with kubelet: all three, or neuron and neuroncore only."""
+        return tuple(r for r in Resource if self.serve_neurondevice or r is not Resource.NEURONDEVICE)
 
     @property
     def publishing_enabled(self) -> bool:
@@ -67,7 +74,7 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("metrics-port", "9410", "port for /metrics and /healthz; 0 = off"),
     Flag("kubeconfig", "", 'kubeconfig path; "" = in-cluster service account, "none" = no API server (publishing off)'),
-    Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
+    Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2/trn3 logical NeuronCore setting (1 or 2)"),
     Flag(
         "hw-error-log",
         RING_BUFFER,
@@ -83,6 +90,13 @@ FLAGS: tuple[Flag, ...] = (
         choices=HW_ERROR_TRUST,
     ),
     Flag("log-level", "info", "one of " + ", ".join(LOG_LEVELS)),
+    Flag(
+        "disable-neurondevice",
+        "",
+        "do not register aws.amazon.com/neurondevice, the alias of whole devices that AWS's older device plugin "
+        "served (devices held through it are still accounted for)",
+        switch=True,
+    ),
     Flag(
         "advertise-address",
         "",
@@ -170,4 +184,5 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> PluginCon
         advertise_address=_ip_literal("advertise-address", raw["advertise_address"]),
         hw_error_quarantine=_seconds("hw-error-quarantine", raw["hw_error_quarantine"], MAX_QUARANTINE_SECONDS),
         hw_error_trust=raw["hw_error_trust"],
+        serve_neurondevice=not raw["disable_neurondevice"],
     )

@@ -159,7 +159,7 @@ async def _run_until_signal(
 
 
 async def run(config: PluginConfig) -> int:
-    metrics = PluginMetrics()
+    metrics = PluginMetrics(config.resources)
     api = _connect_api(config)
     found = discover(
         device_root=config.device_root,
@@ -169,6 +169,7 @@ async def run(config: PluginConfig) -> int:
         node_label=await _node_label(api, config),
     )
     _log_discovery(found)
+    log.info("plugin.resources", resources=",".join(r.value for r in config.resources))
     topology = found.topology
     metrics.set_topology(topology)
 
@@ -206,7 +207,7 @@ async def run(config: PluginConfig) -> int:
             metrics,
             on_change=lambda: publisher.trigger(),
         )
-        for resource in Resource
+        for resource in config.resources
     ]
     serving = Serving(view, lifecycles)
     metrics.watch_serving(serving.reason, view.podresources_age)

@@ -6,7 +6,8 @@ alerts see a 0, not a missing series, before the first event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,6 +23,9 @@ from neuronalloc import Resource, Topology, hardware_in_use, largest_free_block
 from plugin.hwerrors import DROP_REASONS, HW_ERROR_KINDS
 from plugin.nodeview import Usage
 
+if TYPE_CHECKING:
+    from plugin.podresources import CoreHolder
+
 RPCS = ("GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation", "Allocate", "PreStartContainer")
 ALLOCATION_RESULTS = ("ok", "invalid_argument", "failed_precondition")
 # An RPC's result: how it answered (ok, or the gRPC code it refused with), cancelled by the caller, or error
@@ -32,11 +36,15 @@ PUBLISH_ERROR_REASONS = ("podresources_unavailable", "apiserver_unreachable", "a
 STATES = ("healthy", "unhealthy", "allocated", "free")
 HTTP_REJECT_REASONS = ("too_many_connections", "deadline")
 CONDITION_ERROR_REASONS = ("apiserver_unreachable", "apiserver_rejected")
+# neuron-monitor labels its per-core series `neuroncore` (the node-wide core index): the info series uses the
+# same name, so `on (node, neuroncore)` joins them with no relabeling.
+POD_CORE_LABELS = ("namespace", "pod", "container", "resource", "device", "neuroncore")
 _RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class PluginMetrics:
-    def __init__(self) -> None:
+    def __init__(self, resources: Collection[Resource] = tuple(Resource)) -> None:
+        self._resources = tuple(resources)  # the names served: only theirs get per-resource series
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -115,10 +123,16 @@ class PluginMetrics:
             "http_connections_rejected", "Metrics-port connections closed by a limit", ["reason"],
             namespace=ns, subsystem=sub, registry=reg,
         )  # fmt: skip
+        self.pod_neuroncore = Gauge(
+            "pod_neuroncore_info",
+            "1 for each NeuronCore a pod's container holds, whole device or core (from kubelet's PodResources)",
+            POD_CORE_LABELS, namespace=ns, subsystem=sub, registry=reg,
+        )  # fmt: skip
+        self._pod_cores: dict[int, tuple[str, ...]] = {}  # core -> the label values exported for it
         self._zero_initialise()
 
     def _zero_initialise(self) -> None:
-        for resource in Resource:
+        for resource in self._resources:
             self.largest_free_block.labels(resource.short)
             self.registered.labels(resource.short)
             for rpc in RPCS:
@@ -170,18 +184,31 @@ class PluginMetrics:
         self.cores.labels("unhealthy").set(len(unhealthy.cores))
         self.cores.labels("allocated").set(len(in_use.cores))
         self.cores.labels("free").set(len(usage.free_cores))
-        self.largest_free_block.labels(Resource.NEURON.short).set(
-            largest_free_block(topology, Resource.NEURON, usage.free_devices)
-        )
-        self.largest_free_block.labels(Resource.NEURONCORE.short).set(
-            largest_free_block(topology, Resource.NEURONCORE, usage.free_cores)
-        )
+        for resource in self._resources:  # neurondevice counts the same free devices as neuron
+            free = usage.free_devices if resource.whole_devices else usage.free_cores
+            self.largest_free_block.labels(resource.short).set(largest_free_block(topology, resource, free))
         # device_healthy is not rewritten here, every poll: it changes only on a health change, and
         # `set_device_health` is called then (and once at start), from the same set `usage` carries.
 
     def set_device_health(self, topology: Topology, unhealthy: Collection[int]) -> None:
         for device in range(topology.device_count):
             self.device_healthy.labels(str(device)).set(0 if device in unhealthy else 1)
+
+    def set_pod_cores(self, holders: Mapping[int, CoreHolder]) -> None:
+        """One info series per held core (so at most one per core of the node); a released core's is removed.
+
+        Only what changed is touched: a core that keeps its holder keeps its series through every update."""
+        wanted: dict[int, tuple[str, ...]] = {
+            core: (h.namespace, h.pod, h.container, h.resource.short, str(h.device), str(core))
+            for core, h in holders.items()
+        }
+        for core, labels in self._pod_cores.items():
+            if wanted.get(core) != labels:
+                self.pod_neuroncore.remove(*labels)
+        for core, labels in wanted.items():
+            if self._pod_cores.get(core) != labels:
+                self.pod_neuroncore.labels(*labels).set(1)
+        self._pod_cores = wanted
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -27,7 +27,7 @@ from plugin.allocation import AllocationRejected, Rejection
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView
 from plugin.podresources import PodResourcesUnavailable
-from plugin.sockets import prepare_socket, remove_socket_if_ours, socket_identity, wait_dialable
+from plugin.sockets import SocketIdentity, prepare_socket, remove_socket_if_ours, socket_identity, wait_dialable
 
 log = get_logger(__name__)
 
@@ -80,7 +80,7 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         topology = self._view.topology
         devices = []
         for unit in range(topology.unit_count(self.resource)):
-            device = unit if self.resource is Resource.NEURON else topology.device_of_core(unit)
+            device = unit if self.resource.whole_devices else topology.device_of_core(unit)
             numa = self._numa_nodes.get(device)
             devices.append(
                 dp_pb2.Device(
@@ -278,7 +278,7 @@ class ResourceServer:
         self.socket_path = socket_path
         self.state = ServerState.NEW
         self._server: grpc.aio.Server | None = None
-        self._identity: tuple[int, int] | None = None
+        self._identity: SocketIdentity | None = None
 
     async def start(self) -> None:
         if self.state is not ServerState.NEW:

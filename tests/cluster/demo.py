@@ -2,9 +2,10 @@
 and a per-node device map.
 
 It starts etcd, kube-apiserver, kube-scheduler (deploy/'s configuration), one inf1.6xlarge, inf1.24xlarge,
-inf2.48xlarge and trn1.32xlarge node (real kubelet device manager + our plugin each) and our extender; runs
-mixed device and NeuronCore pods, one pod that no trn1 block can hold, and one hardware error; prints where
-everything landed; and tears it all down.
+inf2.48xlarge, trn1.32xlarge and trn3.48xlarge node (real kubelet device manager + our plugin each) and our
+extender; runs mixed device and NeuronCore pods, pods of old specs asking `aws.amazon.com/neurondevice` (one of
+them on the Trn3 node), one pod that no trn1 block can hold, and one hardware error; prints where everything
+landed; and tears it all down.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from neuronalloc import Resource
-from tests.cluster.devicemap import render_cluster
+from tests.cluster.devicemap import render_pool
 from tests.cluster.harness import Cluster, missing_prerequisites
 from tests.cluster.workload import Pool
 
@@ -27,6 +27,7 @@ NODES = {
     "inf1-24xl": "inf1.24xlarge",
     "inf2-48xl": "inf2.48xlarge",
     "trn1-32xl": "trn1.32xlarge",
+    "trn3-48xl": "trn3.48xlarge",
 }
 WORKLOAD = [
     ("train-8", Resource.NEURON, 8),
@@ -39,6 +40,7 @@ WORKLOAD = [
     ("cores-4", Resource.NEURONCORE, 4),
     ("cores-2", Resource.NEURONCORE, 2),
     ("cores-1", Resource.NEURONCORE, 1),
+    ("old-spec-2", Resource.NEURONDEVICE, 2),  # a pod spec written for AWS's older plugin
 ]
 
 
@@ -68,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         pool.assert_no_overcommit()
         print("every pod Running on a contiguous block; no device or core handed out twice.")
 
+        # An old pod spec on the Trn3 node: 3 devices, a block Trn3's consecutive-ID rule allows (trn1's torus not).
+        old = pool.create("old-spec-3", Resource.NEURONDEVICE, 3, instance_type="trn3.48xlarge")
+        pool.wait_phase([old], timeout=90)
+        alloc = pool.allocation(old)
+        pool.assert_block_ok(alloc, Resource.NEURONDEVICE, 3)
+        pool.assert_no_overcommit()
+        held = alloc.of(Resource.NEURONDEVICE)
+        print(
+            f"pod {old} asks {Resource.NEURONDEVICE.value}: 3 and runs on {alloc.node}, devices "
+            f"{held[0]}-{held[-1]} (NEURON_RT_VISIBLE_CORES={alloc.envs['NEURON_RT_VISIBLE_CORES']})."
+        )
+
         refused = pool.create("trn1-needs-3", Resource.NEURON, 3, instance_type="trn1.32xlarge")
         trn1 = f"{pool.name}-trn1-32xl"
         message = pool.wait_scheduling_message(refused, "cannot form a block")
@@ -77,13 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
         print(f"\nNEURON_HW_ERR on {trn1} device 15: the plugin reports it unhealthy.\n")
 
-        as_dict = cluster.api.sanitize_for_serialization
-        nodes = [as_dict(pool.core.read_node(name)) for name in pool.nodes]
-        pending = as_dict(pool.core.list_namespaced_pod(pool.namespace, field_selector="status.phase=Pending").items)
-        events = as_dict(
-            pool.core.list_namespaced_event(pool.namespace, field_selector="reason=FailedScheduling").items
-        )
-        print(render_cluster(nodes, datetime.now(UTC), pending, events))
+        print(render_pool(cluster, pool))
         print("\ntearing down ...")
     if args.keep_logs:
         print(f"logs kept in {workdir / 'logs'}")

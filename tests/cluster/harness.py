@@ -117,6 +117,9 @@ class Cluster:
         self.kubeconfig = workdir / "kubeconfig"
         self.api_port = free_port()
         self.extender_port = free_port()
+        # Set (a port) to have the extender serve /metrics on a plain-HTTP port of its own, as deploy/ does (9411);
+        # None: /metrics stays on its mutual-TLS port, as the benchmarks expect.
+        self.extender_metrics_port: int | None = None
         self._extender_pki: ExtenderPki | None = None
         self.nodes: dict[str, SimNode] = {}
         self._node_serial = 0
@@ -356,6 +359,7 @@ class Cluster:
                 f"--tls-key-file={pki.server.key}",
                 f"--tls-client-ca-file={pki.ca_file}",
                 "--log-level=info",
+                *([f"--metrics-port={self.extender_metrics_port}"] if self.extender_metrics_port else []),
                 *extra_args,
             ],
         ).start()

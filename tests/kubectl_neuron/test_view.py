@@ -109,3 +109,29 @@ def test_a_malformed_quantity_is_an_error_not_zero() -> None:
     assert shown is not None
     assert shown.reason == "InvalidRequest"
     assert "1.5" in shown.message and not shown.requests
+
+
+def test_a_neurondevice_pod_is_listed_and_told_why_it_may_wait() -> None:
+    from kubectl_neuron.render import render_table
+    from kubectl_neuron.view import build_view, is_neuron_node
+    from tests.kubectl_neuron.recorded import pod
+
+    nodes = [node("trn-a", "trn1.32xlarge", state_annotations("trn1.32xlarge", {}))]
+    old_spec = pod("ml", "old-spec", {"aws.amazon.com/neurondevice": "4"}, condition=("Unschedulable", "0/1 nodes"))
+    mixed = pod("ml", "mixed", {"aws.amazon.com/neurondevice": "4", "aws.amazon.com/neuron": "4"})
+    view = build_view(nodes, [old_spec, mixed], [], NOW)
+    by_key = {p.key: p for p in view.pending}
+    assert by_key["ml/old-spec"].requests == {"neurondevice": 4}
+    (warning,) = by_key["ml/old-spec"].warnings
+    assert warning.startswith("no node advertises aws.amazon.com/neurondevice") and "--disable-neurondevice" in warning
+    assert "asks for whole devices under two names (neuron and neurondevice)" in by_key["ml/mixed"].warnings[0]
+    assert not any("NeuronCores" in w for w in by_key["ml/mixed"].warnings)
+    assert "neurondevice=4" in render_table(view)
+    # A node that advertises the alias: no warning; a node advertising only the alias is a Neuron node.
+    served = dict(nodes[0])
+    served["status"] = {
+        **nodes[0]["status"],
+        "capacity": {**nodes[0]["status"]["capacity"], "aws.amazon.com/neurondevice": "16"},
+    }
+    assert build_view([served], [old_spec], [], NOW).pending[0].warnings == ()
+    assert is_neuron_node({"metadata": {}, "status": {"capacity": {"aws.amazon.com/neurondevice": "1"}}})

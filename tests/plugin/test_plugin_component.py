@@ -20,6 +20,7 @@ from tests.plugin.kubelet_stub import PluginEndpoint, pod_resources, wait_until
 
 NEURON = "aws.amazon.com/neuron"
 NEURONCORE = "aws.amazon.com/neuroncore"
+NEURONDEVICE = "aws.amazon.com/neurondevice"
 
 
 def start(cluster: Cluster, instance_type: str = "", extra: list[str] | None = None) -> dict[str, PluginEndpoint]:
@@ -58,10 +59,11 @@ def allocate_error(endpoint: PluginEndpoint, device_ids: list[str]) -> grpc.RpcE
 # -- registration and device lists ----------------------------------------------------------------------------
 
 
-def test_registers_both_resources_and_advertises_what_it_implements(trn1: Cluster) -> None:
+def test_registers_every_resource_and_advertises_what_it_implements(trn1: Cluster) -> None:
     endpoints = start(trn1, "trn1.32xlarge")
+    endpoints[NEURONDEVICE] = trn1.kubelet.wait_registered(NEURONDEVICE)
     requests = {r.resource_name: r for _, r in trn1.kubelet.registrations}
-    assert set(requests) == {NEURON, NEURONCORE}
+    assert set(requests) == {NEURON, NEURONCORE, NEURONDEVICE}
     for resource, request in requests.items():
         assert request.version == "v1beta1"
         assert "/" not in request.endpoint  # a file name relative to the plugin dir

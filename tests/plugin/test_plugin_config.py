@@ -47,8 +47,8 @@ def test_every_flag_has_an_upper_snake_case_env_var() -> None:
             "hw-error-trust": "allocated",
         }
         value = special.get(flag.name, "x")
-        from_env = load_config([], {flag.env_var: value})
-        from_flag = load_config([f"--{flag.name}", value], {})
+        from_env = load_config([], {flag.env_var: "true" if flag.switch else value})
+        from_flag = load_config([f"--{flag.name}"] if flag.switch else [f"--{flag.name}", value], {})
         assert from_env == from_flag, flag.name
     assert {f.env_var for f in FLAGS} >= {"DEVICE_ROOT", "KUBELET_SOCKET_DIR", "POD_RESOURCES_SOCKET", "HW_ERROR_LOG"}
 
@@ -120,3 +120,11 @@ def test_hw_error_trust_is_a_choice_and_a_bad_env_value_is_a_usage_error(capsys:
     with pytest.raises(SystemExit) as exited:
         load_config([], {"HW_ERROR_TRUST": "some"})
     assert exited.value.code == 2 and "hw-error-trust" in capsys.readouterr().err
+
+
+def test_neurondevice_is_served_unless_switched_off() -> None:
+    everything = ("aws.amazon.com/neuron", "aws.amazon.com/neuroncore", "aws.amazon.com/neurondevice")
+    assert load_config([], {}).resources == everything
+    assert load_config(["--disable-neurondevice"], {}).resources == everything[:2]
+    assert load_config([], {"DISABLE_NEURONDEVICE": "yes"}).resources == everything[:2]
+    assert load_config([], {"DISABLE_NEURONDEVICE": ""}).resources == everything
