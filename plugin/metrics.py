@@ -65,7 +65,8 @@ class PluginMetrics:
             ["rpc", "resource"], namespace=ns, subsystem=sub, registry=reg, buckets=_RPC_BUCKETS,
         )  # fmt: skip
         self.rpcs = Counter(
-            "rpcs", "Device-plugin RPCs by result (ListAndWatch: each device list sent)", ["rpc", "resource", "result"],
+            "rpcs", "Device-plugin RPCs by result (ListAndWatch: each device list handed to the stream)",
+            ["rpc", "resource", "result"],
             namespace=ns, subsystem=sub, registry=reg,
         )  # fmt: skip
         self.registrations = Counter(
