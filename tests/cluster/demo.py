@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from neuronalloc import Resource
-from tests.cluster.devicemap import render_cluster
+from tests.cluster.devicemap import render_pool
 from tests.cluster.harness import Cluster, missing_prerequisites
 from tests.cluster.workload import Pool
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
         print(f"\nNEURON_HW_ERR on {trn1} device 15: the plugin reports it unhealthy.\n")
 
-        print(render_cluster({name: pool.node_state(name) for name in pool.nodes}))
+        print(render_pool(cluster, pool))
         print("\ntearing down ...")
     if args.keep_logs:
         print(f"logs kept in {workdir / 'logs'}")

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from extender.cache import ClusterView
 from extender.fit import PendingPod, judge_node
 from extender.metrics import ExtenderMetrics
-from extender.requests import ContainerSpec, Need, RequestError, pod_request
 from extender.server import ServerSettings, build_app
 from neuronalloc import Resource
+from neuronalloc.requests import ContainerSpec, Need, RequestError, pod_request
 
 from .builders import node_doc, node_state, nodes_args, pod_doc
 from .fake_apiserver import FakeApiServer

@@ -73,7 +73,6 @@ def test_stop_after_the_socket_was_wiped_then_a_fresh_server_takes_the_name(sock
     asyncio.run(scenario())
 
 
-
 def test_a_recreated_socket_with_the_old_inode_number_is_a_new_identity(socket_dir: Path) -> None:
     # ext4 and xfs give a freed inode number to the next file created, so kubelet's new kubelet.sock often has
     # the old one's inode, and a (device, inode) identity missed that restart. The change time tells them apart.
