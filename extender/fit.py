@@ -19,25 +19,28 @@ Verdicts:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
-from extender.requests import PodRequest, Shape, Step
 from neuronalloc import (
+    Free,
     NodeState,
     Refusal,
     Resource,
     Topology,
     allocate,
     block_fit_score,
+    encode_ranges,
     free_blocks,
     is_aligned,
 )
+from neuronalloc.requests import PodRequest, RequestShape, Step
+
+UNHEALTHY_NOTE = "some devices unhealthy: see the node condition NeuronDevicesHealthy"
 
 __all__ = [
     "FITS",
-    "Free",
     "PendingPod",
     "Verdict",
     "VerdictKind",
@@ -49,29 +52,6 @@ __all__ = [
 ]
 
 VerdictKind = Literal["fit", "no_block", "unresolvable", "unknown", "not_serving"]
-
-
-@dataclass(frozen=True, slots=True)
-class Free:
-    """What a node has free, as whole devices and as cores (the shared-hardware rule keeps them consistent)."""
-
-    devices: frozenset[int]
-    cores: frozenset[int]
-
-    @classmethod
-    def everything(cls, topo: Topology) -> Free:
-        return cls(frozenset(range(topo.device_count)), frozenset(range(topo.core_count)))
-
-    def of(self, resource: Resource) -> frozenset[int]:
-        return self.devices if resource is Resource.NEURON else self.cores
-
-    def take(self, topo: Topology, resource: Resource, block: Iterable[int]) -> Free:
-        """The free sets after `block` is held: a held device frees none of its cores, a held core makes its
-        device no longer free as a whole device."""
-        ids = frozenset(block)
-        if resource is Resource.NEURON:
-            return Free(self.devices - ids, self.cores - topo.cores_of_devices(ids))
-        return Free(self.devices - topo.devices_of_cores(ids), self.cores - ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +106,7 @@ class _Failed:
 _RESOURCES = {r.value: r for r in Resource}
 
 
-def _place(topo: Topology, free: Free, shape: Shape) -> _Placed | _Failed:
+def _place(topo: Topology, free: Free, shape: RequestShape) -> _Placed | _Failed:
     """Place each step in order with the plugin's allocator; a kept block leaves the free sets."""
     placed: list[tuple[Step, tuple[int, ...], Free]] = []
     for index, step in enumerate(shape):
@@ -153,7 +133,7 @@ class _ShapeVerdict:
 
 
 @lru_cache(maxsize=4096)
-def _unresolvable(topo: Topology, shape: Shape) -> _ShapeVerdict | None:
+def _unresolvable(topo: Topology, shape: RequestShape) -> _ShapeVerdict | None:
     """Why the shape could never be placed on this topology, even with everything free and healthy."""
     impossible = _place(topo, Free.everything(topo), shape)
     if not isinstance(impossible, _Failed):
@@ -176,7 +156,7 @@ def _unresolvable(topo: Topology, shape: Shape) -> _ShapeVerdict | None:
 
 
 @lru_cache(maxsize=100_000)
-def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+def _check_shape(topo: Topology, free: Free, shape: RequestShape) -> _ShapeVerdict:
     """Fit or not, unscored. A single block fits exactly when the rule has a block inside the free set (the
     allocator chooses among those very blocks), which is far cheaper than ranking them; several blocks are
     placed one by one with the allocator, since each choice changes what the next one finds."""
@@ -198,7 +178,7 @@ def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
 
 
 @lru_cache(maxsize=100_000)
-def _score_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+def _score_shape(topo: Topology, free: Free, shape: RequestShape) -> _ShapeVerdict:
     """The full verdict: the allocator's blocks and the size-weighted `fit_score` of each. The placement itself
     tells fit from no fit (a failed step is what `_check_shape` reports too), so it runs once."""
     impossible = _unresolvable(topo, shape)
@@ -263,4 +243,13 @@ def judge_node(state: NodeState, pending: Iterable[PendingPod], request: PodRequ
     free = account_pending(
         state.topology, Free(frozenset(state.free_devices), frozenset(state.free_cores)), unaccounted
     )
-    return judge(state.topology, free, request, scored=scored)
+    verdict = judge(state.topology, free, request, scored=scored)
+    if verdict.kind != "no_block" or not state.unhealthy_devices:
+        return verdict
+    # Failed hardware is a different cause with a different owner (the node, not the workload): say so, and
+    # where the plugin explains it. The reason stays free of IDs so the scheduler's event still groups it.
+    return replace(
+        verdict,
+        reason=f"{verdict.reason} ({UNHEALTHY_NOTE})",
+        detail=f"{verdict.detail}; unhealthy devices {encode_ranges(state.unhealthy_devices)}",
+    )

@@ -1,8 +1,9 @@
-"""Text and JSON renderings of a ClusterView.
+"""Text and JSON renderings of a ClusterReport.
 
 The table is one line per node, so that 100 nodes fit one screen's scroll: the device map is one glyph per
 device, grouped by four (a trn row). `wide` adds which pod each map letter stands for. JSON carries
-everything, with range lists in the same grammar as the annotations.
+everything, with range lists in the same grammar as the annotations. Nodes with withdrawn devices (or whose
+hardware errors are not seen) get a second table with the plugin's NeuronDevicesHealthy condition: the why.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from kubectl_neuron.view import ClusterView, DeviceCell, DeviceStatus, NodeView, PendingPod
+from kubectl_neuron.view import ClusterReport, DeviceCell, DeviceStatus, NodeReport, PendingReport
 from neuronalloc import encode_ranges
 from neuronalloc.nodestate import format_time
 
@@ -29,7 +30,7 @@ LEGEND = (
 )
 
 
-def pod_letters(node: NodeView) -> dict[str, str]:
+def pod_letters(node: NodeReport) -> dict[str, str]:
     """A letter per holder pod, in the order of the first device it holds (stable for a given state)."""
     letters: dict[str, str] = {}
     for cell in node.devices:
@@ -53,7 +54,7 @@ def _glyph(cell: DeviceCell, letters: dict[str, str]) -> str:
     return letter.lower() if cell.status is DeviceStatus.CORES else letter
 
 
-def device_map(node: NodeView) -> str:
+def device_map(node: NodeReport) -> str:
     letters = pod_letters(node)
     glyphs = "".join(_glyph(cell, letters) for cell in node.devices)
     return " ".join(glyphs[i : i + 4] for i in range(0, len(glyphs), 4))
@@ -69,7 +70,7 @@ def _age(seconds: float | None) -> str:
     return f"{whole}s"
 
 
-def _status(node: NodeView) -> str:
+def _status(node: NodeReport) -> str:
     flags = []
     if not node.ready:
         flags.append("NotReady")
@@ -79,8 +80,10 @@ def _status(node: NodeView) -> str:
         flags.append("NoState")
     elif node.stale:
         flags.append("Stale")
-    if node.unhealthy_devices:
+    if node.unhealthy_devices or (node.health is not None and node.health.status == "False"):
         flags.append("Unhealthy")
+    elif node.health is not None and not node.health.all_healthy:
+        flags.append("HwUnwatched")  # devices present, but hardware errors are not seen (the message says why)
     if not node.topology_known and not node.error:
         flags.append("Fallback")
     if node.mode == "dra":
@@ -93,7 +96,7 @@ def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-def _node_row(node: NodeView) -> list[str]:
+def _node_row(node: NodeReport) -> list[str]:
     if node.error:
         return [node.name, node.instance_type or "-", "-", "-", "-", "-", "-", _status(node), node.error]
     total_cores = node.device_count * node.cores_per_device
@@ -110,11 +113,11 @@ def _node_row(node: NodeView) -> list[str]:
     ]
 
 
-def _holders(node: NodeView) -> str:
+def _holders(node: NodeReport) -> str:
     return " ".join(f"{letter}={pod}" for pod, letter in pod_letters(node).items())
 
 
-def _summary(view: ClusterView) -> str:
+def _summary(view: ClusterReport) -> str:
     mapped = [n for n in view.nodes if not n.error]
     devices = sum(n.device_count for n in mapped)
     free = sum(len(n.free_devices) for n in mapped)
@@ -133,11 +136,11 @@ def _summary(view: ClusterView) -> str:
     return "; ".join(parts)
 
 
-def _requests(pod: PendingPod) -> str:
+def _requests(pod: PendingReport) -> str:
     return ",".join(f"{short}={count}" for short, count in sorted(pod.requests.items()))
 
 
-def _pending_rows(view: ClusterView, wide: bool, width: int) -> list[str]:
+def _pending_rows(view: ClusterReport, wide: bool, width: int) -> list[str]:
     header = ["POD", "WANTS", "SCHEDULER", "WAITING", "REASON", "MESSAGE"]
     rows = [header]
     for pod in view.pending:
@@ -150,7 +153,31 @@ def _pending_rows(view: ClusterView, wide: bool, width: int) -> list[str]:
     return lines
 
 
-def render_table(view: ClusterView, *, wide: bool = False, width: int = 200) -> str:
+def _health_rows(view: ClusterReport, wide: bool, width: int, now: datetime) -> list[str]:
+    """Why devices are withdrawn (or errors unseen), per node: the plugin's NeuronDevicesHealthy condition."""
+    header = ["NODE", "UNHEALTHY", "CONDITION", "SINCE", "MESSAGE"]
+    rows = [header]
+    for node in view.nodes:
+        if not node.health_problem:
+            continue
+        health = node.health
+        since = _age((now - health.since).total_seconds()) if health and health.since else "-"
+        rows.append([
+            node.name,
+            encode_ranges(node.unhealthy_devices) or "-",
+            f"{health.status} {health.reason}" if health else "-",
+            since,
+            health.message if health else "no NeuronDevicesHealthy condition on the node (plugin not running here?)",
+        ])  # fmt: skip
+    if len(rows) == 1:
+        return []
+    lines = _columns(rows)
+    if not wide:
+        lines = [line if len(line) <= width else line[: max(width - 3, 20)] + "..." for line in lines]
+    return lines
+
+
+def render_table(view: ClusterReport, *, wide: bool = False, width: int = 200) -> str:
     header = ["NODE", "INSTANCE", "FREE DEV", "LARGEST", "FREE CORES", "LARGEST", "AGE", "STATUS", "MAP"]
     if wide:
         header.append("HOLDERS")
@@ -163,6 +190,9 @@ def render_table(view: ClusterView, *, wide: bool = False, width: int = 200) -> 
     out = [_summary(view), ""]
     out += _columns(rows) if view.nodes else ["No Neuron nodes found."]
     out += ["", LEGEND]
+    health = _health_rows(view, wide, width, view.taken_at)
+    if health:
+        out += ["", *health]
     if view.pending:
         out += ["", *_pending_rows(view, wide, width)]
     out += [f"warning: {w}" for w in view.warnings]
@@ -176,7 +206,18 @@ def _time(moment: datetime | None) -> str | None:
     return format_time(moment) if moment else None  # the annotations' own format
 
 
-def node_json(node: NodeView) -> dict[str, Any]:
+def _health_json(node: NodeReport) -> dict[str, Any] | None:
+    if node.health is None:
+        return None
+    return {
+        "status": node.health.status,
+        "reason": node.health.reason,
+        "message": node.health.message,
+        "lastTransitionTime": _time(node.health.since),
+    }
+
+
+def node_json(node: NodeReport) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": node.name,
         "instanceType": node.instance_type,
@@ -184,6 +225,7 @@ def node_json(node: NodeView) -> dict[str, Any]:
         "schedulable": node.schedulable,
         "status": _status(node),
         "mode": node.mode,
+        "healthCondition": _health_json(node),
     }
     if node.error:
         doc["error"] = node.error
@@ -210,7 +252,7 @@ def node_json(node: NodeView) -> dict[str, Any]:
     return doc
 
 
-def pending_json(pod: PendingPod) -> dict[str, Any]:
+def pending_json(pod: PendingReport) -> dict[str, Any]:
     return {
         "namespace": pod.namespace,
         "name": pod.name,
@@ -223,7 +265,7 @@ def pending_json(pod: PendingPod) -> dict[str, Any]:
     }
 
 
-def render_json(view: ClusterView) -> str:
+def render_json(view: ClusterReport) -> str:
     doc = {
         "takenAt": _time(view.taken_at),
         "nodes": [node_json(n) for n in view.nodes],

@@ -18,6 +18,7 @@ from neuronalloc.catalog import (
 )
 from neuronalloc.nodestate import (
     ANNOTATION_PREFIX,
+    INSTANCE_TYPE_LABEL,
     NodeState,
     NodeStateError,
     PodHolding,
@@ -26,9 +27,9 @@ from neuronalloc.nodestate import (
 )
 from neuronalloc.ranges import RangeListError, decode_ranges, encode_ranges
 from neuronalloc.refusal import Refusal
-from neuronalloc.resources import Resource
+from neuronalloc.resources import DEVICE_RESOURCES, Resource
 from neuronalloc.topology import ALIGNED_SIZES, Rule, Topology
-from neuronalloc.usage import free_sets
+from neuronalloc.usage import Free, Hardware, free_sets, hardware_in_use, hardware_of, usable_through
 
 __all__ = [
     "ALIGNED_SIZES",
@@ -36,7 +37,11 @@ __all__ = [
     "CATALOG",
     "CORE_POLICY",
     "DEVICE_POLICY",
+    "DEVICE_RESOURCES",
+    "INSTANCE_TYPE_LABEL",
     "UNKNOWN_INSTANCE_TYPE",
+    "Free",
+    "Hardware",
     "InstanceType",
     "NodeState",
     "NodeStateError",
@@ -58,9 +63,12 @@ __all__ = [
     "free_blocks",
     "free_sets",
     "guess_instance_type",
+    "hardware_in_use",
+    "hardware_of",
     "is_aligned",
     "largest_free_block",
     "lookup_instance_type",
     "resolve_topology",
+    "usable_through",
     "with_cores_per_device",
 ]

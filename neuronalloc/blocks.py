@@ -15,7 +15,7 @@ from neuronalloc.topology import ALIGNED_SIZES, Rule, Topology
 
 
 def is_aligned(topo: Topology, resource: Resource) -> bool:
-    return resource is Resource.NEURON and topo.rule is Rule.ALIGNED
+    return resource.whole_devices and topo.rule is Rule.ALIGNED
 
 
 def size_refusal(topo: Topology, resource: Resource, size: int) -> Refusal | None:

@@ -53,6 +53,9 @@ DRIVER = "neuron.neuron-contig.io"
 NEURON_CLASS = "neuron.neuron-contig.io"  # DeviceClass of whole-device blocks
 NEURONCORE_CLASS = "neuroncore.neuron-contig.io"  # DeviceClass of NeuronCore blocks
 CLASS_OF = {Resource.NEURON: NEURON_CLASS, Resource.NEURONCORE: NEURONCORE_CLASS}
+# The resources DRA mode publishes blocks of; aws.amazon.com/neurondevice is the device plugin's alias of whole
+# devices and has no DRA counterpart (a claim asks for a block of the neuron class).
+DRA_RESOURCES = (Resource.NEURON, Resource.NEURONCORE)
 UNHEALTHY_TAINT = DRIVER + "/unhealthy"
 
 # Attribute names (qualified by the driver name, the default domain): what a claim's CEL can select on.

@@ -40,7 +40,7 @@ class Topology:
 
     def unit_count(self, resource: Resource) -> int:
         """How many IDs the node advertises for the resource."""
-        return self.device_count if resource is Resource.NEURON else self.core_count
+        return self.device_count if resource.whole_devices else self.core_count
 
     def device_of_core(self, core: int) -> int:
         return core // self.cores_per_device

@@ -13,14 +13,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuronalloc import Resource
 from neuronalloc.text import quote
 from neuroncli.flags import Flag, add_flags
+from plugin.ringbuffer import RING_BUFFER  # --hw-error-log: the kernel ring buffer; ./ringbuffer names a file
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+HW_ERROR_TRUST = ("any", "allocated")
+MAX_QUARANTINE_SECONDS = 7 * 24 * 3600.0
 # sun_path holds 108 bytes with the terminating NUL; a longer path fails deep inside grpc with no useful message.
 MAX_UNIX_SOCKET_PATH = 107
 # The longest socket file name the plugin serves (registration.socket_name; a test keeps them in step).
-LONGEST_ENDPOINT_NAME = "neuron-contig-neuroncore.sock"
+LONGEST_ENDPOINT_NAME = "neuron-contig-neurondevice.sock"
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,17 @@ class PluginConfig:
     metrics_port: int  # 0 = off
     kubeconfig: str  # "" = in-cluster, "none" = publishing off
     logical_nc_config: Path
-    hw_error_log: str  # "" = off
+    hw_error_log: str  # "ringbuffer" = syslog(2), "" = off, else a file or /dev/kmsg
     log_level: str
     advertise_address: str = ""  # an IP literal (IPv6 without brackets), "" = none
+    hw_error_quarantine: float = 300.0  # seconds
+    hw_error_trust: str = "any"  # one of HW_ERROR_TRUST
+    serve_neurondevice: bool = True  # False with --disable-neurondevice
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        """The resource names registered with kubelet: all three, or neuron and neuroncore only."""
+        return tuple(r for r in Resource if self.serve_neurondevice or r is not Resource.NEURONDEVICE)
 
     @property
     def publishing_enabled(self) -> bool:
@@ -62,9 +74,29 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("metrics-port", "9410", "port for /metrics and /healthz; 0 = off"),
     Flag("kubeconfig", "", 'kubeconfig path; "" = in-cluster service account, "none" = no API server (publishing off)'),
-    Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
-    Flag("hw-error-log", "", 'file of kernel-log lines to follow for NEURON_HW_ERR=; "" = off'),
+    Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2/trn3 logical NeuronCore setting (1 or 2)"),
+    Flag(
+        "hw-error-log",
+        RING_BUFFER,
+        "where to read kernel records for NEURON_HW_ERR=: ringbuffer = the kernel ring buffer through syslog(2) "
+        '(needs CAP_SYSLOG), /dev/kmsg (needs a privileged container), or a syslog file; "" = off',
+    ),
+    Flag("hw-error-quarantine", "300", "seconds a device stays unhealthy after its last NEURON_HW_ERR= record"),
+    Flag(
+        "hw-error-trust",
+        "any",
+        "which NEURON_HW_ERR= records count: any = every kernel record, allocated = only for devices a pod held "
+        "(within the last minute)",
+        choices=HW_ERROR_TRUST,
+    ),
     Flag("log-level", "info", "one of " + ", ".join(LOG_LEVELS)),
+    Flag(
+        "disable-neurondevice",
+        "",
+        "do not register aws.amazon.com/neurondevice, the alias of whole devices that AWS's older device plugin "
+        "served (devices held through it are still accounted for)",
+        switch=True,
+    ),
     Flag(
         "advertise-address",
         "",
@@ -86,6 +118,16 @@ def _port(name: str, raw: str) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"{name}: {port} is outside 0..65535")
     return port
+
+
+def _seconds(name: str, raw: str, maximum: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {quote(raw, 60)} is not a number of seconds") from None
+    if not 0 < value <= maximum:  # also refuses nan and inf
+        raise ConfigError(f"{name}: {raw.strip()} is outside (0, {maximum:.0f}] seconds")
+    return value
 
 
 def _ip_literal(name: str, raw: str) -> str:
@@ -140,4 +182,7 @@ def load_config(argv: Sequence[str] | None, env: Mapping[str, str]) -> PluginCon
         hw_error_log=raw["hw_error_log"],
         log_level=log_level,
         advertise_address=_ip_literal("advertise-address", raw["advertise_address"]),
+        hw_error_quarantine=_seconds("hw-error-quarantine", raw["hw_error_quarantine"], MAX_QUARANTINE_SECONDS),
+        hw_error_trust=raw["hw_error_trust"],
+        serve_neurondevice=not raw["disable_neurondevice"],
     )

@@ -174,10 +174,19 @@ def read_numa_nodes(sysfs_root: Path, devices: frozenset[int]) -> dict[int, int]
     return nodes
 
 
+# AWS's EKS guide writes the file as one `KEY=value` line; a bare number is accepted too.
+_LNC_LINE = re.compile(rb"(?:NEURON_LOGICAL_NC_CONFIG=)?([12])")
+
+
 def read_logical_nc(path: Path) -> int | None:
-    """trn2's logical NeuronCore setting (1 or 2), or None when the file is absent or garbled."""
-    value = _read_int(path)
-    return value if value in (1, 2) else None
+    """trn2's/trn3's logical NeuronCore setting (1 or 2), or None when the file is absent or garbled."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_SYSFS_BYTES + 1)
+    except OSError:
+        return None
+    found = _LNC_LINE.fullmatch(raw.strip()) if len(raw) <= MAX_SYSFS_BYTES else None
+    return int(found.group(1)) if found else None
 
 
 def choose_instance_type(

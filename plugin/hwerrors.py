@@ -8,9 +8,14 @@ present, otherwise the error cannot be pinned to a device and the caller treats 
 Anyone on the node can write log lines that quote the marker, so a line counts only if the kernel wrote it:
 - `/dev/kmsg` (a character device): each record is `prio,seq,usec,flags;message`, and the facility
   (prio >> 3) must be 0. A write to /dev/kmsg from userspace, even by root, gets facility 1 (user).
+- the ring buffer read through syslog(2) (plugin/ringbuffer.py): each line is `<prio>[secs.usecs] message`,
+  with the same facility rule.
 - a regular file written by a syslog daemon: the line's tag must be `kernel` (`Nov 22 02:05:56 host kernel:
   ...`, the same with an RFC 3339 time, or RFC 5424 with app-name `kernel` and, when the line keeps its
   <PRI>, facility 0). A file cannot prove more than its syslog daemon wrote: prefer /dev/kmsg.
+What "the kernel wrote it" cannot prove: the Neuron runtime writes these lines through a driver ioctl that
+prints caller text as a kernel record with no capability check, so any process that can open a /dev/neuronN
+(any pod given a Neuron device) can write one naming any device. See plugin/health.py for what is done about it.
 And within the kernel message, the marker must open it (after the printk time and one `driver:` prefix), so
 a kernel message quoting user text (an audit record) names no error.
 
@@ -41,7 +46,8 @@ KNOWN_KINDS = (
 OTHER_KIND = "other"
 HW_ERROR_KINDS = (*KNOWN_KINDS, OTHER_KIND)
 # Why a kernel-log line or record was not acted on (metric label values).
-DROP_REASONS = ("too_long", "not_kernel", "malformed", "unknown_device", "overwritten")
+# not_held: the device was held by no pod (--hw-error-trust=allocated only).
+DROP_REASONS = ("too_long", "not_kernel", "malformed", "unknown_device", "overwritten", "not_held")
 
 MAX_LINE_BYTES = 4096  # a kmsg record is at most ~1 KiB of text; syslog lines of interest are ~200 bytes
 MAX_POLL_BYTES = 256 * 1024  # read per poll (every 200 ms): ~10,000 driver lines a second
@@ -52,6 +58,11 @@ _MAX_READS = 4096  # per call, counting EPIPE retries: a kmsg ring overwritten u
 IMPOSSIBLE_DEVICE = 10**6  # stands in for an nd-id too long to convert
 
 _KMSG_RECORD = re.compile(r"([0-9]{1,6}),[0-9]{1,20},[0-9]{1,20},[^;]{0,64};(.*)", re.DOTALL)
+# syslog(2) output: "<prio>", then "[secs.usecs]" with printk.time, then "[T123]"/"[C1]" with CONFIG_PRINTK_CALLER,
+# then one space if either was printed (kernel/printk/printk.c, info_print_prefix).
+_RING_RECORD = re.compile(
+    r"<([0-9]{1,4})>(\[ *([0-9]{1,12})\.([0-9]{6})\])?(?:\[ *([TC][0-9]{1,10})\])?(.*)", re.DOTALL
+)
 _TIME = (
     r"(?:[A-Z][a-z]{2} [ 0-9]?[0-9] [0-9]{2}:[0-9]{2}:[0-9]{2}"  # Nov 22 02:05:56
     r"|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,20}(?:Z|[+-][0-9]{2}:?[0-9]{2})?)"  # 2026-11-22T02:05:56.123+00:00
@@ -73,6 +84,33 @@ _DEVICE_PREFIX = re.compile(r"neuron([0-9]{1,6})")
 class RecordFormat(StrEnum):
     KMSG = "kmsg"  # /dev/kmsg records
     SYSLOG = "syslog"  # a file a syslog daemon (or `journalctl -kf`) writes
+    RING = "ringbuffer"  # the ring buffer's lines as syslog(2) returns them
+
+
+@dataclass(frozen=True)
+class RingRecord:
+    """One line of syslog(2) SYSLOG_ACTION_READ_ALL output."""
+
+    facility: int  # 0 = the kernel
+    level: int
+    seconds: float | None  # printk time (seconds since boot); None when printk.time is off
+    caller: str  # "T<pid>" or "C<cpu>" with CONFIG_PRINTK_CALLER, else ""
+    text: str
+
+
+def parse_ring_record(line: str) -> RingRecord | None:
+    """A syslog(2) line, or None if `line` is not one. Never raises."""
+    found = _RING_RECORD.fullmatch(line)
+    if found is None:
+        return None
+    prio = int(found.group(1))
+    timed, caller, text = found.group(2), found.group(5), found.group(6)
+    if timed or caller:
+        if not text.startswith(" "):  # the prefix ends with one space when it has a time or a caller
+            return None
+        text = text[1:]
+    seconds = int(found.group(3)) + int(found.group(4)) / 1e6 if timed else None
+    return RingRecord(prio >> 3, prio & 7, seconds, caller or "", text)
 
 
 @dataclass(frozen=True)
@@ -83,6 +121,9 @@ class HardwareError:
 
 def kernel_message(line: str, record_format: RecordFormat) -> str | None:
     """The message of a kernel record, or None if `line` is not one (another writer, a continuation line)."""
+    if record_format is RecordFormat.RING:
+        ring = parse_ring_record(line)
+        return ring.text if ring is not None and ring.facility == 0 else None
     if record_format is RecordFormat.KMSG:
         record = _KMSG_RECORD.fullmatch(line)
         if record is None or int(record.group(1)) >> 3 != 0:
@@ -128,6 +169,8 @@ class LineFollower:
     regular files and for /dev/kmsg (one record per read, EAGAIN at the end, EPIPE when overwritten).
     """
 
+    poll_interval = 0.0  # every health poll: a read of a quiet file or /dev/kmsg costs one system call
+
     def __init__(
         self,
         path: str,
@@ -148,6 +191,7 @@ class LineFollower:
         self.partial = b""  # the start of a line not complete yet; never longer than max_line
         self._discarding = False  # inside an over-long line: drop bytes up to its newline
         self.open_error: str | None = None  # why the file cannot be read right now, for the caller to report
+        self.open_errno: int | None = None
         self._open(at_end=True)
 
     def _open(self, *, at_end: bool) -> None:
@@ -155,9 +199,9 @@ class LineFollower:
         try:
             fd = os.open(self._path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as error:
-            self.open_error = f"{self._path}: {error.strerror}"
+            self.open_error, self.open_errno = f"{self._path}: {error.strerror}", error.errno
             return  # not there yet, or not readable yet: try again on the next poll
-        self.open_error = None
+        self.open_error, self.open_errno = None, None
         st = os.fstat(fd)
         self._fd, self._inode, self.partial, self._discarding = fd, (st.st_dev, st.st_ino), b"", False
         self._regular, self.is_char_device = stat.S_ISREG(st.st_mode), stat.S_ISCHR(st.st_mode)

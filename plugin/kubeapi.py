@@ -1,7 +1,7 @@
-"""A minimal Kubernetes API client: read one node's labels, merge-patch its annotations.
+"""A minimal Kubernetes API client: read one node, merge-patch its annotations, patch one condition of its status.
 
 Why not the `kubernetes` package: importing it costs ~50 MiB of resident memory, against a 50 MiB budget for
-the whole idle daemon, and the plugin needs two HTTP calls. This speaks HTTPS with the stdlib, authenticated by
+the whole idle daemon, and the plugin needs three HTTP calls. This speaks HTTPS with the stdlib, authenticated by
 the in-cluster service account (token re-read per request: bound tokens rotate) or by a kubeconfig with a
 token or client certificate. Blocking: callers run it in a worker thread.
 """
@@ -22,16 +22,15 @@ from typing import Any, Protocol
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT_SECONDS = 10.0
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+MAX_REPLY_BYTES = 4 * 1024 * 1024  # a Node is at most ~1.5 MiB (etcd's object limit); more is not an answer
 
 
 class KubeApiError(RuntimeError):
     """A request failed. `unreachable`: no HTTP answer (retry); otherwise the API server refused it."""
 
-    def __init__(self, message: str, *, unreachable: bool, status: int | None = None) -> None:
+    def __init__(self, message: str, *, unreachable: bool) -> None:
         super().__init__(message)
         self.unreachable = unreachable
-        self.status = status
 
 
 class KubeConfigError(ValueError):
@@ -41,6 +40,8 @@ class KubeConfigError(ValueError):
 class NodeApi(Protocol):
     def node_labels(self, node: str) -> dict[str, str]: ...
     def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None: ...
+    def node_condition(self, node: str, condition_type: str) -> dict[str, Any] | None: ...
+    def patch_node_condition(self, node: str, condition: Mapping[str, str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,37 +80,55 @@ class HttpNodeApi:
                 headers["Authorization"] = f"Bearer {token}"
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
-            payload = response.read()
+            payload = response.read(MAX_REPLY_BYTES + 1)
         except (OSError, http.client.HTTPException) as error:
             raise KubeApiError(f"{method} {path}: {error}", unreachable=True) from None
         finally:
             connection.close()
+        if len(payload) > MAX_REPLY_BYTES:
+            raise KubeApiError(f"{method} {path}: the reply exceeds {MAX_REPLY_BYTES} bytes", unreachable=False)
         if response.status >= 300:
             detail = payload[:300].decode("utf-8", "replace")
             raise KubeApiError(
                 f"{method} {path}: HTTP {response.status}: {detail}",
                 unreachable=response.status >= 500 or response.status == 429,
-                status=response.status,
             )
         try:
             return json.loads(payload) if payload else None
         except ValueError:
             raise KubeApiError(f"{method} {path}: reply is not JSON: {payload[:100]!r}", unreachable=False) from None
 
+    def _node(self, node: str) -> dict[str, Any]:
+        body = self._request("GET", _node_path(node))
+        if not isinstance(body, dict):
+            raise KubeApiError(f"GET {_node_path(node)}: the reply is not an object", unreachable=False)
+        return body
+
     def node_labels(self, node: str) -> dict[str, str]:
-        body = self._request("GET", f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}")
-        labels = body.get("metadata", {}).get("labels") or {}
+        labels = (self._node(node).get("metadata") or {}).get("labels") or {}
         return {str(k): str(v) for k, v in labels.items()}
+
+    def node_condition(self, node: str, condition_type: str) -> dict[str, Any] | None:
+        """The node's status condition of this type, as the API server has it; None if it has none."""
+        conditions = (self._node(node).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if isinstance(c, dict) and c.get("type") == condition_type), None)
+
+    def patch_node_condition(self, node: str, condition: Mapping[str, str]) -> None:
+        """Set one condition through the status subresource, with a strategic merge patch: conditions merge by
+        `type`, so kubelet's own conditions (and every other status field) are left as they are."""
+        body = json.dumps({"status": {"conditions": [dict(condition)]}}).encode()
+        self._request(
+            "PATCH", f"{_node_path(node)}/status", body, content_type="application/strategic-merge-patch+json"
+        )
 
     def patch_node_annotations(self, node: str, annotations: Mapping[str, str | None]) -> None:
         """JSON merge patch of metadata.annotations only; a None value removes the key."""
         body = json.dumps({"metadata": {"annotations": dict(annotations)}}).encode()
-        self._request(
-            "PATCH",
-            f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}",
-            body,
-            content_type="application/merge-patch+json",
-        )
+        self._request("PATCH", _node_path(node), body, content_type="application/merge-patch+json")
+
+
+def _node_path(node: str) -> str:
+    return f"/api/v1/nodes/{urllib.parse.quote(node, safe='')}"
 
 
 def _split_server(server: str) -> tuple[str, str, int]:

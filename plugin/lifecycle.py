@@ -21,7 +21,7 @@ from neuronlog import get_logger
 from plugin.metrics import PluginMetrics
 from plugin.registration import KUBELET_SOCKET_NAME, RegistrationError, register, socket_name
 from plugin.server import DevicePluginServicer, ResourceServer
-from plugin.sockets import socket_identity
+from plugin.sockets import SocketIdentity, socket_identity
 
 log = get_logger(__name__)
 
@@ -54,7 +54,7 @@ class ResourceLifecycle:
         self._on_change = on_change  # registration gained or lost: the serving state may have changed
         self._log = log.bind(resource=resource.value)
         # The server registered with the kubelet whose kubelet.sock had this identity; one tuple, swapped whole.
-        self._registered: tuple[ResourceServer, tuple[int, int]] | None = None
+        self._registered: tuple[ResourceServer, SocketIdentity] | None = None
         self._ever_registered = False
 
     def registration_problem(self) -> str | None:
@@ -83,7 +83,7 @@ class ResourceLifecycle:
             server = ResourceServer(self._make_servicer(), self._socket_dir / socket_name(self.resource))
             try:
                 await server.start()
-                await register(self._kubelet_socket, self.resource, server.socket_path.name)
+                await register(self._kubelet_socket, self.resource, server.socket_path.name, server.servicer.options())
             except (RegistrationError, OSError, TimeoutError) as error:
                 self._metrics.registrations.labels(self.resource.short, "error").inc()
                 self._log.warning("registration.failed", error=str(error), retry_in=retry)
@@ -109,7 +109,7 @@ class ResourceLifecycle:
                 self._metrics.registered.labels(self.resource.short).set(0)
                 await server.stop()
 
-    async def _wait_for_kubelet(self) -> tuple[int, int]:
+    async def _wait_for_kubelet(self) -> SocketIdentity:
         waited = False
         while (identity := socket_identity(self._kubelet_socket)) is None:
             if not waited:
@@ -118,13 +118,13 @@ class ResourceLifecycle:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
         return identity
 
-    async def _sleep_unless_kubelet_changes(self, seconds: float, kubelet: tuple[int, int]) -> None:
+    async def _sleep_unless_kubelet_changes(self, seconds: float, kubelet: SocketIdentity) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while loop.time() < deadline and socket_identity(self._kubelet_socket) == kubelet:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
 
-    async def _watch(self, server: ResourceServer, kubelet: tuple[int, int]) -> Restart:
+    async def _watch(self, server: ResourceServer, kubelet: SocketIdentity) -> Restart:
         streaming = False
         while True:
             if server.servicer.streaming != streaming:  # kubelet opened (or lost) ListAndWatch

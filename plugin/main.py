@@ -18,16 +18,17 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from neuronalloc import Resource
+from neuronalloc import INSTANCE_TYPE_LABEL, Resource, hardware_in_use
 from neuronlog import configure_logging, get_logger
+from plugin.condition import Condition, ConditionPublisher, health_condition
 from plugin.config import ConfigError, PluginConfig, load_config
 from plugin.discovery import Discovery, DiscoveryError, discover
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
 from plugin.httpserve import serve_http
-from plugin.kubeapi import INSTANCE_TYPE_LABEL, KubeApiError, KubeConfigError, NodeApi, connect
+from plugin.kubeapi import KubeApiError, KubeConfigError, NodeApi, connect
 from plugin.lifecycle import ResourceLifecycle
 from plugin.metrics import PluginMetrics
-from plugin.nodeview import NodeView
+from plugin.nodeview import NodeView, PodResourcesStatus
 from plugin.podresources import PodResourcesClient
 from plugin.publisher import Publisher
 from plugin.server import DevicePluginServicer
@@ -80,12 +81,48 @@ def _log_discovery(found: Discovery) -> None:
     )
 
 
-def _health_sources(config: PluginConfig, found: Discovery, metrics: PluginMetrics) -> list[HealthSource]:
+def _held_devices(view: NodeView) -> Callable[[], frozenset[int] | None]:
+    """Devices a pod holds (whole, or some of their cores), or None while PodResources cannot say. Called from
+    the health worker thread: it only reads the view's current holdings."""
+    topology = view.topology
+
+    def held() -> frozenset[int] | None:
+        if view.podresources_status() is not PodResourcesStatus.FRESH:
+            return None
+        return hardware_in_use(topology, view.used(Resource.NEURON), view.used(Resource.NEURONCORE)).devices
+
+    return held
+
+
+def _health_sources(
+    config: PluginConfig, found: Discovery, metrics: PluginMetrics, view: NodeView
+) -> tuple[list[HealthSource], KernelLogSource | None]:
     count = found.topology.device_count
     sources: list[HealthSource] = [PresenceSource(config.device_root, count)]
+    kernel_log = None
     if config.hw_error_log:
-        sources.append(KernelLogSource(config.hw_error_log, count, metrics=metrics))
-    return sources
+        kernel_log = KernelLogSource(
+            config.hw_error_log,
+            count,
+            metrics=metrics,
+            quarantine=config.hw_error_quarantine,
+            allocated=_held_devices(view),
+            trust_allocated=config.hw_error_trust == "allocated",
+        )
+        sources.append(kernel_log)
+    else:
+        log.warning("health.hw_error_log_off", reason='--hw-error-log ""', effect="hardware errors are not seen")
+    return sources, kernel_log
+
+
+def _wanted_condition(
+    health: HealthMonitor, device_count: int, kernel_log: KernelLogSource | None
+) -> Callable[[], Condition]:
+    def wanted() -> Condition:
+        unseen = 'the kernel log is off (--hw-error-log "")' if kernel_log is None else kernel_log.problem
+        return health_condition(health.unhealthy, device_count, hw_errors_unseen=unseen)
+
+    return wanted
 
 
 async def _run_until_signal(
@@ -122,7 +159,7 @@ async def _run_until_signal(
 
 
 async def run(config: PluginConfig) -> int:
-    metrics = PluginMetrics()
+    metrics = PluginMetrics(config.resources)
     api = _connect_api(config)
     found = discover(
         device_root=config.device_root,
@@ -132,6 +169,7 @@ async def run(config: PluginConfig) -> int:
         node_label=await _node_label(api, config),
     )
     _log_discovery(found)
+    log.info("plugin.resources", resources=",".join(r.value for r in config.resources))
     topology = found.topology
     metrics.set_topology(topology)
 
@@ -140,14 +178,21 @@ async def run(config: PluginConfig) -> int:
     if config.advertise_address and not config.metrics_port:
         log.warning("publish.no_plugin_address", reason="--metrics-port 0: there is no /readyz to advertise")
 
+    condition: ConditionPublisher | None = None
+
     def on_health_change(unhealthy: Mapping[int, str]) -> None:
         view.set_unhealthy(unhealthy)
         metrics.set_device_health(topology, frozenset(unhealthy))
+        if condition is not None:
+            condition.trigger()
 
-    sources = _health_sources(config, found, metrics)
+    sources, kernel_log = _health_sources(config, found, metrics, view)
     health = HealthMonitor(sources, on_health_change, clock=time.monotonic)
     health.check()  # the first device list kubelet sees is already correct
     metrics.set_device_health(topology, frozenset(health.unhealthy))  # also when all are healthy (no change)
+    if api is not None:
+        wanted = _wanted_condition(health, topology.device_count, kernel_log)
+        condition = ConditionPublisher(config.node_name, api, metrics, wanted)
 
     def servicer_for(resource: Resource) -> DevicePluginServicer:
         return DevicePluginServicer(
@@ -162,7 +207,7 @@ async def run(config: PluginConfig) -> int:
             metrics,
             on_change=lambda: publisher.trigger(),
         )
-        for resource in Resource
+        for resource in config.resources
     ]
     serving = Serving(view, lifecycles)
     metrics.watch_serving(serving.reason, view.podresources_age)
@@ -200,6 +245,8 @@ async def run(config: PluginConfig) -> int:
         await lifecycle.run()
 
     jobs: dict[str, Coroutine[Any, Any, None]] = {"health": health.run(), "publisher": publisher.run(), "tick": tick()}
+    if condition is not None:
+        jobs["condition"] = condition.run()
     for lifecycle in lifecycles:
         jobs[f"lifecycle-{lifecycle.resource.short}"] = register_after_first_read(lifecycle)
 
@@ -217,9 +264,8 @@ async def run(config: PluginConfig) -> int:
         exit_code = await _run_until_signal(jobs, stop_serving)
     finally:
         await podresources.close()
-        for source in sources:
-            if isinstance(source, KernelLogSource):
-                source.close()
+        if kernel_log is not None:
+            kernel_log.close()
         if http_server is not None:
             http_server.shutdown()
     log.info("plugin.stopped", exit_code=exit_code)

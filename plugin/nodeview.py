@@ -1,8 +1,8 @@
 """The plugin's own view of the node: health, what pods hold, and allocations kubelet has not reported yet.
 
-Kubelet tracks `neuron` and `neuroncore` as unrelated resources, so its `available` list for one can include
-hardware held through the other. This view is what closes that gap: it is read by GetPreferredAllocation and
-Allocate, and published as node annotations.
+Kubelet tracks `neuron`, `neurondevice` and `neuroncore` as unrelated resources, so its `available` list for
+one can include hardware held through another. This view is what closes that gap: it is read by
+GetPreferredAllocation and Allocate, and published as node annotations.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from neuronalloc import NodeState, Resource, Topology, free_sets
+from neuronalloc import DEVICE_RESOURCES, NodeState, Resource, Topology, free_sets, usable_through
 from neuronlog import get_logger
 from plugin.podresources import PodHoldings
 
@@ -69,10 +69,10 @@ class Ledger:
         self._pending.append(PendingAllocation(resource, ids, now))
 
     def reconcile(self, holdings: PodHoldings, now: float) -> None:
-        shown = {Resource.NEURON: holdings.used_devices, Resource.NEURONCORE: holdings.used_cores}
-        self._pending = [p for p in self._pending if not p.ids <= shown[p.resource] and now - p.at < self._ttl]
+        self._pending = [p for p in self._pending if not p.ids <= holdings.held(p.resource) and now - p.at < self._ttl]
 
     def used(self, resource: Resource) -> frozenset[int]:
+        """IDs pending through this one resource name."""
         return frozenset().union(*(p.ids for p in self._pending if p.resource is resource))
 
 
@@ -157,9 +157,16 @@ class NodeView:
     def is_healthy(self, device: int) -> bool:
         return device not in self.unhealthy
 
+    def held(self, resource: Resource) -> frozenset[int]:
+        """IDs held through this one resource name: by pods, or allocated and not yet shown by PodResources."""
+        return self.holdings.held(resource) | self.ledger.used(resource)
+
     def used(self, resource: Resource) -> frozenset[int]:
-        from_pods = self.holdings.used_devices if resource is Resource.NEURON else self.holdings.used_cores
-        return from_pods | self.ledger.used(resource)
+        """Devices in use as whole devices (under either device name), or cores in use (NEURONCORE)."""
+        if resource.whole_devices:
+            pending = frozenset().union(*(self.ledger.used(r) for r in DEVICE_RESOURCES))
+            return self.holdings.used_devices | pending
+        return self.holdings.used_cores | self.ledger.used(Resource.NEURONCORE)
 
     def usage(self) -> Usage:
         used_devices, used_cores = self.used(Resource.NEURON), self.used(Resource.NEURONCORE)
@@ -168,15 +175,13 @@ class NodeView:
         return Usage(used_devices, used_cores, unhealthy, free_devices, free_cores)
 
     def usable(self, resource: Resource) -> frozenset[int]:
-        """IDs of `resource` that health and the *other* resource's holdings leave usable.
+        """IDs of `resource` that health and the *other* resource names' holdings leave usable.
 
         The resource's own holdings are left to kubelet, whose `available` list is authoritative for them and
         fresher than PodResources when a pod has just ended.
         """
-        unhealthy = frozenset(self.unhealthy)
-        if resource is Resource.NEURON:
-            return free_sets(self.topology, (), self.used(Resource.NEURONCORE), unhealthy)[0]
-        return free_sets(self.topology, self.used(Resource.NEURON), (), unhealthy)[1]
+        held = {name: self.held(name) for name in Resource if name is not resource}
+        return usable_through(self.topology, resource, held, frozenset(self.unhealthy))
 
     def node_state(
         self, usage: Usage | None = None, *, not_serving_reason: str | None = None, plugin_address: str = ""

@@ -28,10 +28,23 @@ IGNORED_ID_SAMPLE = 10  # ignored IDs kept (shortened) to show in a warning; the
 # real pod; its hardware still counts as used, but it is not listed in the published state.
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_CONTAINER_NAME = _NAMESPACE  # a container name is a DNS label too
+_RESOURCES = {resource.value: resource for resource in Resource}
 
 
 class PodResourcesUnavailable(RuntimeError):
     """kubelet's PodResources socket did not answer; the message carries the gRPC status."""
+
+
+@dataclass(frozen=True)
+class CoreHolder:
+    """The container holding one NeuronCore, directly (`neuroncore`) or through its device (`neuron`)."""
+
+    namespace: str
+    pod: str
+    container: str
+    resource: Resource  # the resource the container was given
+    device: int  # the Neuron device the core is on
 
 
 @dataclass(frozen=True)
@@ -40,23 +53,36 @@ class PodHoldings:
 
     `used_devices` / `used_cores` count every valid ID of every pod. `pods` lists who holds them, bounded by
     what the published state may carry: well-formed pod names, at most one pod per device and core.
+    `by_name` says which resource name holds which IDs: kubelet tracks each name on its own, so the plugin
+    must know what the *other* names hold (`neuron` and `neurondevice` both count in `used_devices`).
     """
 
     pods: Mapping[str, PodHolding]  # "namespace/name" -> holding
     used_devices: frozenset[int] = frozenset()
     used_cores: frozenset[int] = frozenset()
+    by_name: Mapping[Resource, frozenset[int]] = field(default_factory=dict)
     ignored_ids: tuple[str, ...] = field(default=())  # a shortened sample of IDs that name nothing here
     ignored_count: int = 0
     unlisted_pods: int = 0  # pods holding hardware that `pods` leaves out (bad name, or over the bound)
+    # core -> the container holding it (plugin_pod_neuroncore_info): at most one entry per core of the node,
+    # only for well-formed pod and container names; if kubelet reports a core twice, the first holder wins.
+    core_holders: Mapping[int, CoreHolder] = field(default_factory=dict)
 
     @classmethod
     def of(cls, pods: Mapping[str, PodHolding]) -> PodHoldings:
         """Holdings from a listing alone (tests, and callers that build one by hand)."""
+        devices = frozenset[int]().union(*(h.devices for h in pods.values()))
+        cores = frozenset[int]().union(*(h.cores for h in pods.values()))
         return cls(
             pods=pods,
-            used_devices=frozenset().union(*(h.devices for h in pods.values())),
-            used_cores=frozenset().union(*(h.cores for h in pods.values())),
+            used_devices=devices,
+            used_cores=cores,
+            by_name={Resource.NEURON: devices, Resource.NEURONCORE: cores},
         )
+
+    def held(self, resource: Resource) -> frozenset[int]:
+        """The IDs held through this one resource name."""
+        return self.by_name.get(resource, frozenset())
 
 
 def parse_unit_id(raw: str, limit: int) -> int | None:
@@ -83,25 +109,31 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
     held: dict[str, tuple[set[int], set[int]]] = {}
     used_devices: set[int] = set()
     used_cores: set[int] = set()
+    by_name: dict[Resource, set[int]] = {resource: set() for resource in Resource}
     ignored: list[str] = []
     ignored_count = 0
     unlisted = 0
     max_listed = topology.device_count + topology.core_count  # each listed pod holds at least one unit
+    core_holders: dict[int, CoreHolder] = {}
     for pod in pods:
         devices: set[int] = set()
         cores: set[int] = set()
+        key = _pod_key(pod)
         for container in pod.containers:
+            holder_named = key is not None and _CONTAINER_NAME.fullmatch(container.name) is not None
             for entry in container.devices:
-                if entry.resource_name == Resource.NEURON.value:
-                    target, limit = devices, topology.device_count
-                elif entry.resource_name == Resource.NEURONCORE.value:
-                    target, limit = cores, topology.core_count
-                else:
+                name = _RESOURCES.get(entry.resource_name)
+                if name is None:
                     continue
+                target = devices if name.whole_devices else cores
+                limit = topology.unit_count(name)
                 for raw in entry.device_ids:
                     unit = parse_unit_id(raw, limit)
                     if unit is not None:
                         target.add(unit)
+                        by_name[name].add(unit)
+                        if holder_named:
+                            _hold(core_holders, topology, name, unit, pod, container.name)
                         continue
                     ignored_count += 1
                     if len(ignored) < IGNORED_ID_SAMPLE:
@@ -110,7 +142,6 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
             continue
         used_devices |= devices
         used_cores |= cores
-        key = _pod_key(pod)
         if key is None or (key not in held and len(held) >= max_listed):
             unlisted += 1
             continue
@@ -120,10 +151,27 @@ def holdings_from_pod_resources(pods: Iterable[pr_pb2.PodResources], topology: T
         pods={key: PodHolding(frozenset(d), frozenset(c)) for key, (d, c) in sorted(held.items())},
         used_devices=frozenset(used_devices),
         used_cores=frozenset(used_cores),
+        by_name={resource: frozenset(ids) for resource, ids in by_name.items()},
         ignored_ids=tuple(ignored),
         ignored_count=ignored_count,
         unlisted_pods=unlisted,
+        core_holders=dict(sorted(core_holders.items())),
     )
+
+
+def _hold(
+    holders: dict[int, CoreHolder],
+    topology: Topology,
+    resource: Resource,
+    unit: int,
+    pod: pr_pb2.PodResources,
+    container: str,
+) -> None:
+    """Record `container` as the holder of `unit`'s cores: the core itself, or every core of the device."""
+    cores = topology.cores_of_device(unit) if resource.whole_devices else (unit,)
+    for core in cores:
+        if core not in holders:
+            holders[core] = CoreHolder(pod.namespace, pod.name, container, resource, topology.device_of_core(core))
 
 
 class PodResourcesClient:

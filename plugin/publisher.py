@@ -107,6 +107,7 @@ class Publisher:
             return
         try:
             await self._view.refresh()
+            self._metrics.set_pod_cores(self._view.holdings.core_holders)
             if self._podresources_ok is not True:
                 log.info("podresources.ok", pods=len(self._view.holdings.pods))
             self._podresources_ok = True

@@ -1,7 +1,7 @@
 """Whether the plugin can serve kubelet right now, and if not, why.
 
 One live answer feeds `GET /readyz`, the `neuron_contig_plugin_serving` gauge and the `neuron-contig.io/serving`
-annotation. Serving means: kubelet's PodResources read is fresh, both resources are registered with the
+annotation. Serving means: kubelet's PodResources read is fresh, every served resource is registered with the
 kubelet that is running now (kubelet.sock unchanged since registration, our socket in place, a ListAndWatch
 stream open), and the plugin is not stopping. A pod bound to a node that is not serving would fail admission
 (no healthy devices while unregistered) or be refused (stale PodResources), so the extender avoids such nodes.

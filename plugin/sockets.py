@@ -16,13 +16,22 @@ class SocketInUseError(RuntimeError):
     """Another process answers on the socket we were to serve (a second plugin instance?)."""
 
 
-def socket_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the socket file, or None if it is absent. A recreated socket has a new identity."""
+# (device, inode, change time in ns). The inode alone is not enough: ext4 and xfs hand a freed inode number to
+# the next file created, so kubelet's new kubelet.sock often has the old socket's inode.
+SocketIdentity = tuple[int, int, int]
+
+
+def identity_of(info: os.stat_result) -> SocketIdentity:
+    return (info.st_dev, info.st_ino, info.st_ctime_ns)
+
+
+def socket_identity(path: Path) -> SocketIdentity | None:
+    """The socket file's identity, or None if it is absent. A recreated socket has a new identity."""
     try:
         info = os.stat(path)
     except OSError:
         return None
-    return (info.st_dev, info.st_ino)
+    return identity_of(info)
 
 
 def is_live(path: Path) -> bool:
@@ -67,7 +76,7 @@ async def wait_dialable(path: Path, timeout: float = DIAL_TIMEOUT_SECONDS) -> No
         return
 
 
-def remove_socket_if_ours(path: Path, identity: tuple[int, int] | None) -> None:
+def remove_socket_if_ours(path: Path, identity: SocketIdentity | None) -> None:
     """Remove path only if it is still the socket we created. (grpc core also unlinks the path at shutdown,
     which is why a successor must bind only after the old server stopped.)"""
     if identity is not None and socket_identity(path) == identity:

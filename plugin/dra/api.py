@@ -58,11 +58,7 @@ class DraApi(HttpNodeApi):
             connection.close()
         if response.status >= 300:
             detail = payload[:300].decode("utf-8", "replace")
-            raise KubeApiError(
-                f"{method} {path}: HTTP {response.status}: {detail}",
-                unreachable=response.status >= 500 or response.status == 429,
-                status=response.status,
-            )
+            raise HttpStatusError(f"{method} {path}: HTTP {response.status}: {detail}", status=response.status)
         if len(payload) > limit:
             raise KubeApiError(f"{method} {path}: the answer is larger than {limit} bytes", unreachable=False)
         try:
@@ -99,9 +95,17 @@ class DraApi(HttpNodeApi):
     def delete_slice(self, name: str) -> None:
         try:
             self.call("DELETE", f"{RESOURCE_API}/resourceslices/{_quote(name)}")
-        except KubeApiError as error:
+        except HttpStatusError as error:
             if error.status != 404:
                 raise
+
+
+class HttpStatusError(KubeApiError):
+    """The API server answered with an error status: retry on 5xx and 429, else it refused the request."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message, unreachable=status >= 500 or status == 429)
+        self.status = status
 
 
 def _quote(text: str) -> str:

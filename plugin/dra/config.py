@@ -60,7 +60,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("metrics-port", "9410", "port for /metrics, /healthz and /readyz; 0 = off"),
     Flag("kubeconfig", "", 'kubeconfig path; "" = in-cluster service account'),
     Flag("logical-nc-config", "/opt/aws/neuron/logical_nc_config", "trn2 logical NeuronCore setting (1 or 2)"),
-    Flag("hw-error-log", "", 'file of kernel-log lines to follow for NEURON_HW_ERR=; "" = off'),
+    Flag(
+        "hw-error-log",
+        "",
+        "where NEURON_HW_ERR= records are read: ringbuffer (syslog(2), needs CAP_SYSLOG), /dev/kmsg, another path = "
+        'a syslog-format file; "" = off',
+    ),
     Flag("log-level", "info", "one of " + ", ".join(LOG_LEVELS)),
     Flag(
         "kubelet-registration-dir",

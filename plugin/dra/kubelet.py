@@ -25,7 +25,7 @@ from plugin._proto.pluginregistration.v1 import api_pb2 as reg_pb2
 from plugin._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from plugin.dra.metrics import DraMetrics
 from plugin.dra.prepare import Preparer
-from plugin.sockets import prepare_socket, remove_socket_if_ours, socket_identity, wait_dialable
+from plugin.sockets import SocketIdentity, prepare_socket, remove_socket_if_ours, socket_identity, wait_dialable
 
 log = get_logger(__name__)
 
@@ -149,7 +149,7 @@ class SocketServer:
         self.name = name
         self.path = path
         self._add = add_servicer
-        self.identity: tuple[int, int] | None = None
+        self.identity: SocketIdentity | None = None
 
     def intact(self) -> bool:
         return self.identity is not None and socket_identity(self.path) == self.identity

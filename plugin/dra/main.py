@@ -17,8 +17,15 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from neuronalloc import Resource, Topology, free_sets, largest_free_block
-from neuronalloc.draslices import DraLayoutError, check_layout_fits, describe_layout, node_blocks, small_first_by_name
+from neuronalloc import INSTANCE_TYPE_LABEL, Resource, Topology, free_sets, largest_free_block
+from neuronalloc.draslices import (
+    DRA_RESOURCES,
+    DraLayoutError,
+    check_layout_fits,
+    describe_layout,
+    node_blocks,
+    small_first_by_name,
+)
 from neuronalloc.text import shorten
 from neuronlog import configure_logging, get_logger
 from plugin._proto.dra.v1 import api_pb2_grpc as dra_grpc
@@ -34,7 +41,7 @@ from plugin.dra.slices import SlicePublisher
 from plugin.dra.store import Store
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
 from plugin.httpserve import serve_http
-from plugin.kubeapi import INSTANCE_TYPE_LABEL, KubeApiError, KubeConfigError
+from plugin.kubeapi import KubeApiError, KubeConfigError
 from plugin.nodeview import Usage
 from plugin.sockets import SocketInUseError
 from plugin.threads import in_daemon_thread
@@ -90,11 +97,11 @@ class NodeState:
         sick = frozenset(self.unhealthy)
         free_devices, free_cores = free_sets(topo, used_devices, used_cores, sick)
         usage = Usage(used_devices, used_cores, sick, free_devices, free_cores)
-        prepared = {r: 0 for r in Resource}
+        prepared = {r: 0 for r in DRA_RESOURCES}
         for claim in self.store.claims.values():
             prepared[claim.grant.resource] += 1
         self.metrics.set_state(topo, usage, prepared)
-        for resource in Resource:
+        for resource in DRA_RESOURCES:
             blocks = [b for b in self._blocks if b.resource is resource]
             free = free_devices if resource is Resource.NEURON else free_cores
             tainted = sum(1 for b in blocks if any(d in sick for d in b.devices(topo)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 from neuronalloc import Resource, Topology
+from neuronalloc.draslices import DRA_RESOURCES
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import Usage
 
@@ -70,7 +71,7 @@ class DraMetrics(PluginMetrics):
         for op in SLICE_OPS:
             for result in SLICE_RESULTS:
                 self.slice_writes.labels(op, result)
-        for resource in Resource:
+        for resource in DRA_RESOURCES:
             self.prepared_claims.labels(resource.short)
             for state in BLOCK_STATES:
                 self.blocks.labels(resource.short, state)

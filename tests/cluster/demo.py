@@ -2,14 +2,16 @@
 and a per-node device map.
 
 It starts etcd, kube-apiserver, kube-scheduler (deploy/'s configuration), one inf1.6xlarge, inf1.24xlarge,
-inf2.48xlarge and trn1.32xlarge node (real kubelet device manager + our plugin each) and our extender; runs
-mixed device and NeuronCore pods, one pod that no trn1 block can hold, and one hardware error; prints where
-everything landed; and tears it all down.
+inf2.48xlarge, trn1.32xlarge and trn3.48xlarge node (real kubelet device manager + our plugin each) and our
+extender; runs mixed device and NeuronCore pods, pods of old specs asking `aws.amazon.com/neurondevice` (one of
+them on the Trn3 node), one pod that no trn1 block can hold, and one hardware error; prints where everything
+landed; and tears it all down.
 
 `--mode dra` runs the same nodes, workload, refusal and hardware error in DRA mode: the nodes host kubelet's DRA
-manager and our DRA driver, the pods ask for one block each through a ResourceClaimTemplate, the stock
-kube-scheduler allocates the claims (with kube-controller-manager's resourceclaim-controller), and the map is
-drawn from the ResourceSlices and claims, as `kubectl neuron` draws it.
+manager and our DRA driver, the pods ask for one block each through a ResourceClaimTemplate (a pod that asks
+`aws.amazon.com/neurondevice` in device-plugin mode asks a block of whole devices here: DRA has no alias), the
+stock kube-scheduler allocates the claims (with kube-controller-manager's resourceclaim-controller), and the
+same device map is drawn from the ResourceSlices and claims, as `kubectl neuron` draws it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 from neuronalloc import Resource
-from tests.cluster.devicemap import render_cluster
+from tests.cluster.devicemap import render_pool
 from tests.cluster.harness import Cluster, missing_prerequisites
 from tests.cluster.workload import Pool
 
@@ -31,6 +33,7 @@ NODES = {
     "inf1-24xl": "inf1.24xlarge",
     "inf2-48xl": "inf2.48xlarge",
     "trn1-32xl": "trn1.32xlarge",
+    "trn3-48xl": "trn3.48xlarge",
 }
 WORKLOAD = [
     ("train-8", Resource.NEURON, 8),
@@ -43,6 +46,7 @@ WORKLOAD = [
     ("cores-4", Resource.NEURONCORE, 4),
     ("cores-2", Resource.NEURONCORE, 2),
     ("cores-1", Resource.NEURONCORE, 1),
+    ("old-spec-2", Resource.NEURONDEVICE, 2),  # a pod spec written for AWS's older plugin
 ]
 
 
@@ -77,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         pool.assert_no_overcommit()
         print("every pod Running on a contiguous block; no device or core handed out twice.")
 
+        # An old pod spec on the Trn3 node: 3 devices, a block Trn3's consecutive-ID rule allows (trn1's torus not).
+        old = pool.create("old-spec-3", Resource.NEURONDEVICE, 3, instance_type="trn3.48xlarge")
+        pool.wait_phase([old], timeout=90)
+        alloc = pool.allocation(old)
+        pool.assert_block_ok(alloc, Resource.NEURONDEVICE, 3)
+        pool.assert_no_overcommit()
+        held = alloc.of(Resource.NEURONDEVICE)
+        print(
+            f"pod {old} asks {Resource.NEURONDEVICE.value}: 3 and runs on {alloc.node}, devices "
+            f"{held[0]}-{held[-1]} (NEURON_RT_VISIBLE_CORES={alloc.envs['NEURON_RT_VISIBLE_CORES']})."
+        )
+
         refused = pool.create("trn1-needs-3", Resource.NEURON, 3, instance_type="trn1.32xlarge")
         trn1 = f"{pool.name}-trn1-32xl"
         message = pool.wait_scheduling_message(refused, "cannot form a block")
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
         print(f"\nNEURON_HW_ERR on {trn1} device 15: the plugin reports it unhealthy.\n")
 
-        print(render_cluster({name: pool.node_state(name) for name in pool.nodes}))
+        print(render_pool(cluster, pool))
         print("\ntearing down ...")
     return _finish(args, workdir, started)
 
@@ -100,13 +116,13 @@ def _finish(args: argparse.Namespace, workdir: Path, started: float) -> int:
     return 0
 
 
+def _dra_resource(resource: Resource) -> Resource:
+    """DRA mode has two DeviceClasses, whole devices and NeuronCores: the neurondevice alias is whole devices."""
+    return Resource.NEURON if resource.whole_devices else resource
+
+
 def run_dra(workdir: Path, started: float) -> None:
     """The same nodes, workload, refusal and hardware error in DRA mode."""
-    from datetime import UTC, datetime
-
-    from kubernetes import client as k8s
-
-    from kubectl_neuron.dra import dra_node_state, dra_slices_by_node
     from tests.cluster.dra import (
         assert_dra_grant_ok,
         assert_no_dra_overlap,
@@ -129,11 +145,12 @@ def run_dra(workdir: Path, started: float) -> None:
                 f"  node {node.name}: {instance_type}, {node.devices} devices, DRA driver registered, slices published"
             )
         print(f"cluster up in {time.monotonic() - started:.0f}s; running {len(WORKLOAD)} pods, one claim each ...")
-        for name, resource, count in WORKLOAD:
+        workload = [(name, _dra_resource(resource), count) for name, resource, count in WORKLOAD]
+        for name, resource, count in workload:
             create_dra_pod(pool, name, resource, count)
-        pool.wait_phase([name for name, _, _ in WORKLOAD], timeout=90)
-        grants = [dra_grant(pool, name) for name, _, _ in WORKLOAD]
-        for (_, resource, count), got in zip(WORKLOAD, grants, strict=True):
+        pool.wait_phase([name for name, _, _ in workload], timeout=90)
+        grants = [dra_grant(pool, name) for name, _, _ in workload]
+        for (_, resource, count), got in zip(workload, grants, strict=True):
             assert_dra_grant_ok(pool, got, resource, count)
         assert_no_dra_overlap(grants)
         print("every claim got one contiguous block; its CDI spec names exactly those devices; nothing shared.")
@@ -147,12 +164,7 @@ def run_dra(workdir: Path, started: float) -> None:
         wait_for("blocks on device 15 tainted", lambda: "dev-15-15" in tainted_blocks(cluster, trn1), timeout=30)
         print(f"\nNEURON_HW_ERR on {trn1} device 15: the driver taints every block that uses it.\n")
 
-        custom = k8s.CustomObjectsApi(cluster.api)
-        slices = custom.list_cluster_custom_object("resource.k8s.io", "v1", "resourceslices")["items"]
-        claims = custom.list_cluster_custom_object("resource.k8s.io", "v1", "resourceclaims")["items"]
-        by_node = dra_slices_by_node(slices)
-        now = datetime.now(UTC)
-        print(render_cluster({name: dra_node_state(name, by_node[name], claims, now) for name in pool.nodes}))
+        print(render_pool(cluster, pool))
         print("\ntearing down ...")
 
 

@@ -103,6 +103,7 @@ class SimNode:
     plugin: ManagedProcess | None = None
     labels: dict[str, str] = field(default_factory=dict)
     metrics_port: int = field(default_factory=free_port)  # the plugin's /metrics, /healthz, /readyz
+    plugin_args: tuple[str, ...] = ()  # more flags for our plugin (e.g. a short --hw-error-quarantine)
     cdi_root: Path | None = None  # DRA mode: where the driver writes its CDI specs
 
     @property
@@ -129,6 +130,9 @@ class Cluster:
         self.kubeconfig = workdir / "kubeconfig"
         self.api_port = free_port()
         self.extender_port = free_port()
+        # Set (a port) to have the extender serve /metrics on a plain-HTTP port of its own, as deploy/ does (9411);
+        # None: /metrics stays on its mutual-TLS port, as the benchmarks expect.
+        self.extender_metrics_port: int | None = None
         self._extender_pki: ExtenderPki | None = None
         self.nodes: dict[str, SimNode] = {}
         self._node_serial = 0
@@ -371,6 +375,7 @@ class Cluster:
                 f"--tls-key-file={pki.server.key}",
                 f"--tls-client-ca-file={pki.ca_file}",
                 "--log-level=info",
+                *([f"--metrics-port={self.extender_metrics_port}"] if self.extender_metrics_port else []),
                 *extra_args,
             ],
         ).start()
@@ -397,6 +402,7 @@ class Cluster:
         plugin: PluginKind | None = PluginKind.OURS,
         unhealthy_devices: Iterable[int] = (),
         wait: bool = True,
+        plugin_args: Sequence[str] = (),
         labels: Mapping[str, str] | None = None,
     ) -> SimNode:
         """Start a simulated node of `instance_type` and, unless `plugin` is None, its device plugin."""
@@ -419,6 +425,7 @@ class Cluster:
             plugin_kind=plugin,
             kubelet=self._process(f"node-{name}", []),
             labels={**({POOL_LABEL: pool} if pool else {}), **(labels or {})},
+            plugin_args=tuple(plugin_args),
         )
         if plugin is PluginKind.DRA:
             node.cdi_root = base / "cdi"
@@ -499,6 +506,7 @@ class Cluster:
                 f"--logical-nc-config={node.sysfs_root / 'no-logical-nc-config'}",
                 f"--hw-error-log={node.hw_error_log}",
                 "--log-level=info",
+                *node.plugin_args,
             ]
         node.plugin = self._process(f"plugin-{node.name}", argv).start()
 

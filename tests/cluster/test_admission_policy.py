@@ -1,13 +1,15 @@
 """The device plugin's node writes, confined by the API server itself (deploy/plugin/admission-policy.yaml).
 
-RBAC lets the plugin's service account patch nodes, any node (it cannot say which); the ValidatingAdmissionPolicy
-lets it change only the node named in its token, and there only `neuron-contig.io/` annotations. Shown on the
+RBAC lets the plugin's service account patch nodes and their status, any node (it cannot say which); the
+ValidatingAdmissionPolicy lets it change only the node named in its token, and there only `neuron-contig.io/`
+annotations and, through the status subresource, the `NeuronDevicesHealthy` condition. Shown on the
 cluster tier's real kube-apiserver (v1.35) with the manifests of deploy/ applied as they ship: the plugin's
 service account and RBAC, the policy and its binding; two Nodes; a Pod of that service account bound to node A;
 a TokenRequest bound to that Pod. The API server writes node A's name into that token by itself (pod-bound
 tokens carry the pod's node since 1.30, on by default; GA and locked on since 1.32: the tier's API server runs
 without any extra flag), and the requests below are made with that token over HTTPS, as the plugin makes them
-(JSON merge patches). Without the policy, every refused request here succeeds: RBAC alone allows them.
+(JSON merge patches of the node, strategic merge patches of its status). Without the policy, every refused
+request here succeeds: RBAC alone allows them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
-from tests.cluster.harness import REPO_ROOT, Cluster
+from tests.cluster.harness import ADMIN_TOKEN, REPO_ROOT, Cluster
 
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "neuron-contig-device-plugin"
@@ -35,6 +37,8 @@ POLICY = "neuron-contig-device-plugin-node-writes"
 MANIFESTS = [REPO_ROOT / "deploy" / "plugin" / "rbac.yaml", REPO_ROOT / "deploy" / "plugin" / "admission-policy.yaml"]
 NODE_NAME_KEY = "authentication.kubernetes.io/node-name"
 ACTIVATION_TIMEOUT = 30.0
+CONDITION = "NeuronDevicesHealthy"
+STRATEGIC = "application/strategic-merge-patch+json"
 
 
 @dataclass
@@ -51,11 +55,13 @@ def manifest_objects() -> list[dict[str, Any]]:
     return [d for path in MANIFESTS for d in yaml.safe_load_all(path.read_text()) if d]
 
 
-def request(cluster: Cluster, token: str, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    """One HTTPS call to the API server with `token` (a PATCH is a JSON merge patch, as the plugin sends);
-    (status, decoded JSON body)."""
+def request(
+    cluster: Cluster, token: str, method: str, path: str, body: Any = None, content_type: str = ""
+) -> tuple[int, dict[str, Any]]:
+    """One HTTPS call to the API server with `token` (a PATCH is a JSON merge patch unless `content_type` says
+    otherwise, as the plugin sends them); (status, decoded JSON body)."""
     data = None if body is None else json.dumps(body).encode()
-    content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
+    content_type = content_type or ("application/merge-patch+json" if method == "PATCH" else "application/json")
     req = urllib.request.Request(
         f"https://127.0.0.1:{cluster.api_port}{path}", data=data, method=method,
         headers={"Authorization": f"Bearer {token}", "Content-Type": content_type, "Accept": "application/json"},
@@ -73,11 +79,32 @@ def patch_node(setup: Setup, name: str, patch: dict[str, Any], token: str | None
     return status, str(body.get("message", ""))
 
 
+def patch_status(setup: Setup, name: str, patch: dict[str, Any], token: str | None = None) -> tuple[int, str]:
+    """A strategic merge patch of the node's status subresource, as the plugin sets its condition."""
+    path = f"/api/v1/nodes/{name}/status"
+    status, body = request(setup.cluster, token or setup.token, "PATCH", path, patch, content_type=STRATEGIC)
+    return status, str(body.get("message", ""))
+
+
+def condition(status: str = "False", **fields: Any) -> dict[str, Any]:
+    return {"status": {"conditions": [{
+        "type": CONDITION, "status": status, "reason": "NeuronHardwareError",
+        "message": "1 of 12 Neuron devices unhealthy, not offered to pods: hw_error:DMA_ERROR on 3",
+        "lastHeartbeatTime": "2026-11-22T02:05:56Z", "lastTransitionTime": "2026-11-22T02:05:56Z", **fields,
+    }]}}  # fmt: skip
+
+
+def conditions(cluster: Cluster, name: str) -> dict[str, dict[str, Any]]:
+    node = cluster.core.read_node(name)
+    return {c.type: c.to_dict() for c in node.status.conditions or []}
+
+
 def annotations(cluster: Cluster, name: str) -> dict[str, str]:
     return dict(cluster.core.read_node(name).metadata.annotations or {})
 
 
 def _create_node(cluster: Cluster, name: str) -> None:
+    capacity = {"cpu": "192", "memory": "768Gi", "pods": "110", "aws.amazon.com/neuron": "12"}
     cluster.core.create_node(
         {
             "metadata": {
@@ -86,6 +113,16 @@ def _create_node(cluster: Cluster, name: str) -> None:
                 "annotations": {"example.com/owner": "ops", "neuron-contig.io/devices": "12"},
             },
             "spec": {"taints": [{"key": "aws.amazon.com/neuron", "effect": "NoSchedule"}]},
+            # A node's status is kept on create (a kubelet would write the same).
+            "status": {
+                "capacity": capacity,
+                "allocatable": capacity,
+                "addresses": [{"type": "InternalIP", "address": "10.0.1.7"}],
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting"},
+                    {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+                ],
+            },
         }
     )
 
@@ -244,12 +281,11 @@ def test_a_token_without_a_node_is_refused(setup: Setup, which: str) -> None:
 
 
 def test_rbac_gives_the_plugin_nothing_else(setup: Setup) -> None:
-    """The same token, outside the policy's reach: RBAC refuses pod reads, node status and other verbs."""
+    """The same token, outside the policy's reach: RBAC refuses pod reads, node lists, deletes and Secrets."""
     for method, path, body in [
         ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods", None),
         ("GET", "/api/v1/pods", None),
         ("GET", "/api/v1/nodes", None),
-        ("PATCH", f"/api/v1/nodes/{setup.node_a}/status", {"status": {"capacity": {"aws.amazon.com/neuron": "99"}}}),
         ("DELETE", f"/api/v1/nodes/{setup.node_b}", None),
         ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets", None),
     ]:
@@ -261,3 +297,88 @@ def test_other_users_are_not_affected(setup: Setup) -> None:
     """The policy matches the plugin's service account only: the cluster admin still labels node A."""
     setup.cluster.core.patch_node(setup.node_a, {"metadata": {"labels": {"admin-was-here": "yes"}}})
     assert setup.cluster.core.read_node(setup.node_a).metadata.labels["admin-was-here"] == "yes"
+
+
+# ---- the NeuronDevicesHealthy condition, through the status subresource ---------------------------------------
+
+
+def test_the_plugin_may_set_its_own_nodes_condition_and_nothing_else_changes(setup: Setup) -> None:
+    before = setup.cluster.core.read_node(setup.node_a)
+    status, message = patch_status(setup, setup.node_a, condition("False"))
+    assert status == 200, message
+    after = conditions(setup.cluster, setup.node_a)
+    assert after[CONDITION]["status"] == "False" and after[CONDITION]["reason"] == "NeuronHardwareError"
+    assert after["Ready"]["status"] == "True" and after["MemoryPressure"]["status"] == "False"  # kubelet's, kept
+    status, message = patch_status(
+        setup, setup.node_a, condition("True", reason="AllDevicesHealthy", message="all 12 Neuron devices are healthy")
+    )
+    assert status == 200, message
+    node = setup.cluster.core.read_node(setup.node_a)
+    assert conditions(setup.cluster, setup.node_a)[CONDITION]["status"] == "True"
+    assert node.status.capacity == before.status.capacity and node.status.addresses == before.status.addresses
+    assert node.metadata.labels == before.metadata.labels
+
+
+def test_another_nodes_condition_is_refused(setup: Setup) -> None:
+    status, message = patch_status(setup, setup.node_b, condition("False"))
+    assert status == 403, message
+    assert POLICY in message and f"only its own node {setup.node_a}, not {setup.node_b}" in message
+    assert CONDITION not in conditions(setup.cluster, setup.node_b)
+
+
+@pytest.mark.parametrize(
+    ("patch", "complaint"),
+    [
+        ({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Evil"}]}}, "condition"),
+        ({"status": {"conditions": [{"type": "Ready", "$patch": "delete"}]}}, "condition"),
+        ({"status": {"conditions": [{"type": "NeuronHealth", "status": "True", "reason": "NeuronHasError_DMA_ERROR"}]}},
+         "condition"),
+        ({"status": {"conditions": [{"type": "MemoryPressure", "status": "True", "reason": "Evil"}]}}, "condition"),
+        ({"status": {"capacity": {"aws.amazon.com/neuron": "99"}}}, "status"),
+        ({"status": {"allocatable": {"aws.amazon.com/neuron": "99"}}}, "status"),
+        ({"status": {"addresses": [{"type": "InternalIP", "address": "10.9.9.9"}]}}, "status"),
+        ({"status": {"phase": "Terminated"}}, "status"),
+        ({"metadata": {"labels": {"team": "payments"}}}, "labels"),
+        ({"metadata": {"annotations": {"example.com/owner": "me"}}}, "only neuron-contig.io/ annotations"),
+    ],
+    ids=["ready", "delete-ready", "aws-npd-condition", "memory-pressure", "capacity", "allocatable", "addresses",
+         "phase", "label", "other-annotation"],
+)  # fmt: skip
+def test_through_the_status_only_the_one_condition_changes(setup: Setup, patch: dict[str, Any], complaint: str) -> None:
+    before = setup.cluster.core.read_node(setup.node_a)
+    status, message = patch_status(setup, setup.node_a, patch)
+    assert status == 403, message
+    assert POLICY in message and complaint in message, message
+    after = setup.cluster.core.read_node(setup.node_a)
+    assert after.status.capacity == before.status.capacity and after.status.allocatable == before.status.allocatable
+    assert after.status.addresses == before.status.addresses and after.metadata.labels == before.metadata.labels
+    assert {c.type: c.status for c in after.status.conditions} == {c.type: c.status for c in before.status.conditions}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"status": "Maybe"}, {"message": "x" * 1025}, {"reason": "R" * 129}],
+    ids=["status-word", "long-message", "long-reason"],
+)
+def test_the_condition_itself_is_bounded(setup: Setup, fields: dict[str, str]) -> None:
+    patch = condition(**{"status": "False", **fields})
+    status, message = patch_status(setup, setup.node_a, patch)
+    assert status in (403, 422) and (POLICY in message or "Unsupported value" in message), message
+
+
+def test_a_token_without_a_node_cannot_set_the_condition(setup: Setup) -> None:
+    status, message = patch_status(setup, setup.node_a, condition("False"), token=setup.unbound_token)
+    assert status == 403 and "carries no node name" in message, message
+
+
+def test_the_policy_pins_every_status_field_the_api_server_knows(setup: Setup) -> None:
+    """CEL cannot compare "all but conditions", so the policy names NodeStatus's fields one by one. The API
+    server's own OpenAPI schema lists them: a field a newer Kubernetes adds fails here until it is pinned."""
+    status, body = request(setup.cluster, ADMIN_TOKEN, "GET", "/openapi/v3/api/v1")
+    assert status == 200
+    fields = set(body["components"]["schemas"]["io.k8s.api.core.v1.NodeStatus"]["properties"])
+    policy = next(o for o in manifest_objects() if o["kind"] == "ValidatingAdmissionPolicy")
+    text = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "conditions" in fields and len(fields) >= 14
+    for name in fields - {"conditions"}:
+        assert f"object.status.?{name} == oldObject.status.?{name}" in text, name

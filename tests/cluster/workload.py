@@ -12,12 +12,11 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from neuronalloc import Resource, check_block, decode_node_state, encode_ranges
+from neuronalloc import INSTANCE_TYPE_LABEL, Resource, check_block, decode_node_state, encode_ranges
 from neuronalloc.nodestate import NodeState
 from tests.cluster.harness import OUR_SCHEDULER, POOL_LABEL, Cluster, PluginKind, SimNode
 from tests.cluster.processes import WaitTimeout, wait_for
 
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 ALLOCATION_ANNOTATION = "neuron-contig.test/allocation"  # written by `neuronsim node` at admission
 SETTLE_TIMEOUT = 60.0
 
@@ -225,7 +224,8 @@ class Pool:
 
     def assert_no_overcommit(self) -> None:
         """No device or core is held twice among Running pods, and no device is held whole while a core of
-        it is held by another pod (devices and cores share the hardware)."""
+        it is held by another pod (devices and cores share the hardware). A device held whole counts under
+        either name, `neuron` or its alias `neurondevice`."""
         whole: dict[tuple[str, int], str] = {}  # (node, device) -> pod holding it whole
         cores: dict[tuple[str, int], str] = {}  # (node, core) -> pod holding it
         core_devices: dict[tuple[str, int], str] = {}  # (node, device) -> a pod holding one of its cores
@@ -234,7 +234,9 @@ class Pool:
                 continue
             alloc = self.allocation(pod.metadata.name)
             topology = self.nodes[alloc.node].topology
-            for device in alloc.of(Resource.NEURON):
+            held_whole = [*alloc.of(Resource.NEURON), *alloc.of(Resource.NEURONDEVICE)]
+            assert len(held_whole) == len(set(held_whole)), f"{alloc.pod} holds a device twice: {held_whole}"
+            for device in held_whole:
                 other = whole.setdefault((alloc.node, device), alloc.pod)
                 assert other == alloc.pod, f"device {device} on {alloc.node}: held by {other} and {alloc.pod}"
             for core in alloc.of(Resource.NEURONCORE):

@@ -10,15 +10,21 @@ RESOURCES = st.sampled_from(list(Resource))
 
 
 def topologies() -> st.SearchStrategy[Topology]:
-    """Every catalog type at its real device count, trn2 under both LNC settings, and the unknown fallback."""
+    """Every catalog type at its real device count, trn2 and trn3 under both LNC settings, a SageMaker `ml.`
+    type, and the unknown fallback."""
     known = st.sampled_from(sorted(CATALOG)).map(lambda name: resolve_topology(name, CATALOG[name].devices))
-    trn2_lnc1 = st.just(resolve_topology("trn2.48xlarge", 16, logical_nc=1))
+    lnc1 = st.sampled_from(["trn2.48xlarge", "trn3.48xlarge", "trn3e.24xlarge"]).map(
+        lambda name: resolve_topology(name, CATALOG[name].devices, logical_nc=1)
+    )
+    sagemaker = st.sampled_from(["ml.trn1.32xlarge", "ml.inf2.48xlarge"]).map(
+        lambda name: resolve_topology(name, CATALOG[name.removeprefix("ml.")].devices)
+    )
     unknown = st.builds(
         lambda n, cpd: resolve_topology("x9.metal", n, cores_per_device=cpd),
         st.integers(1, 20),
         st.integers(1, 4),
     )
-    return st.one_of(known, trn2_lnc1, unknown)
+    return st.one_of(known, lnc1, sagemaker, unknown)
 
 
 @st.composite

@@ -195,3 +195,26 @@ def test_fit_score_prefers_snug_blocks() -> None:
         TRN1, Resource.NEURON, frozenset(range(8)), 4
     )
     assert fit_score(TRN1, Resource.NEURON, frozenset({0, 1, 2}), 4) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["trn3.48xlarge", "trn3e.24xlarge", "trn3pd98.3xlarge"]),
+    st.sampled_from([None, 1, 2]),
+    st.data(),
+)
+def test_trn3_places_any_consecutive_run_and_nothing_else(name: str, lnc: int | None, data: st.DataObject) -> None:
+    """Trn3's rule (TRN3_RULE, consecutive IDs): a request fits exactly when a free run is long enough, and the
+    block is consecutive IDs inside the free set."""
+    topo = resolve_topology(name, {"trn3.48xlarge": 16, "trn3e.24xlarge": 4}.get(name, 1), logical_nc=lnc)
+    free = data.draw(free_subsets(topo, Resource.NEURON))
+    size = data.draw(st.integers(1, topo.device_count))
+    longest, run = 0, 0
+    for device in range(topo.device_count):
+        run = run + 1 if device in free else 0
+        longest = max(longest, run)
+    result = allocate(topo, Resource.NEURON, free, size)
+    assert isinstance(result, tuple) == (size <= longest)
+    if isinstance(result, tuple):
+        assert list(result) == list(range(result[0], result[0] + size)) and set(result) <= free
+    assert largest_free_block(topo, Resource.NEURON, free) == longest

@@ -118,6 +118,8 @@ def test_values_flow_into_the_manifests() -> None:
         ("plugin.hwErrorLog=/dev/sda", "/plugin/hwErrorLog"),
         ("plugin.hwErrorLog=/var/log/", "/plugin/hwErrorLog"),
         ("plugin.hwErrorLog=var/log/messages", "/plugin/hwErrorLog"),
+        ("plugin.hwErrorLog=ring", "/plugin/hwErrorLog"),
+        ("plugin.hwErrorTrust=some", "/plugin/hwErrorTrust"),
         ("plugin.hwErrorLog=/var/log/../../etc/shadow", "/plugin/hwErrorLog"),
         ('--set-json=networkPolicy.metricsFrom=[{"podSelectr":{}}]', "/networkPolicy/metricsFrom/0"),
         ("plugin.logLevel=loud", "/plugin/logLevel"),

@@ -1,9 +1,13 @@
 """Monitoring: the PrometheusRule passes promtool and its unit tests, every alert carries runbook text,
-and the rules and the Grafana dashboard use only metric names from docs/CONTRACTS.md."""
+and the rules and the Grafana dashboard use only metric names from docs/CONTRACTS.md. The monitors translate
+into a Prometheus configuration that promtool accepts (the cluster tier runs it: tests/cluster/test_prometheus.py),
+and the README's operator queries are the ones the cluster tier runs."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,8 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster import promconfig
+from tests.cluster.queries import OPERATOR_QUERIES, UTILIZATION_BY_POD, one_line
 from tests.deploy.contracts import contract_metrics, series_names
-from tests.deploy.tools import CHART, DEPLOY, Obj, find, kustomize, must, tool
+from tests.deploy.tools import CHART, DEPLOY, REPO, Obj, find, kustomize, must, run, tool
 
 MONITORING = DEPLOY / "monitoring"
 REQUIRED_ALERTS = {
@@ -20,6 +26,7 @@ REQUIRED_ALERTS = {
     "NeuronDevicePluginNotRegistered",
     "NeuronNodeStateStale",
     "NeuronDevicePluginDown",
+    "NeuronSchedulerExtenderDown",
     "NeuronExtenderViewStale",
     "NeuronNodeStatePublishFailing",
     "NeuronPodsPendingNoContiguousBlock",
@@ -50,9 +57,9 @@ def dashboard_exprs(doc: Obj) -> list[str]:
 
 
 def test_contract_metrics_were_found() -> None:
-    """Guards the parser below: CONTRACTS.md names 17 metrics, 2 of them histograms."""
+    """Guards the parser below: CONTRACTS.md names 34 metrics, 2 of them histograms."""
     metrics = contract_metrics()
-    assert len(metrics) == 17
+    assert len(metrics) == 34
     assert {n for n, k in metrics.items() if k == "histogram"} == {
         "neuron_contig_plugin_rpc_duration_seconds",
         "neuron_contig_extender_request_duration_seconds",
@@ -92,8 +99,6 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
                 rule["for"] = "0m"
     (tmp_path / "prometheus-rules.yaml").write_text(yaml.safe_dump(groups))
     shutil.copy(MONITORING / "alerts-test.yaml", tmp_path / "alerts-test.yaml")
-    from tests.deploy.tools import run
-
     result = run([tool("promtool"), "test", "rules", "alerts-test.yaml"], cwd=tmp_path)
     assert result.returncode != 0 and "NeuronDeviceUnhealthy" in result.stdout + result.stderr
 
@@ -149,6 +154,9 @@ def test_monitors_select_the_workloads() -> None:
     assert pod_monitor["podMetricsEndpoints"][0]["port"] in port_names
     relabel = pod_monitor["podMetricsEndpoints"][0]["relabelings"][0]
     assert relabel == {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}
+    # The per-core info series carries the workload's namespace/pod/container: without honorLabels they would
+    # arrive as exported_namespace/_pod/_container (tests/cluster/test_prometheus.py shows it on a live scrape).
+    assert pod_monitor["podMetricsEndpoints"][0]["honorLabels"] is True
     service = find(core, "Service", "neuron-scheduler-extender")
     service_monitor = find(monitoring, "ServiceMonitor", "neuron-scheduler-extender")["spec"]
     assert service_monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -158,3 +166,84 @@ def test_monitors_select_the_workloads() -> None:
     extender = find(core, "Deployment", "neuron-scheduler-extender")["spec"]["template"]["spec"]["containers"][0]
     assert port["targetPort"] == "metrics" and "metrics" in {p["name"] for p in extender["ports"]}
     assert endpoint.get("scheme", "http") == "http" and "tlsConfig" not in endpoint
+
+
+# ---- the monitors, translated as prometheus-operator translates them ------------------------------------------
+
+MONITOR_FILES = (MONITORING / "monitors.yaml", MONITORING / "neuron-monitor-podmonitor.yaml")
+
+
+def shipped_monitors() -> list[Obj]:
+    return [m for path in MONITOR_FILES for m in promconfig.load_monitors(path)]
+
+
+def test_every_shipped_monitor_translates_into_a_config_promtool_accepts(tmp_path: Path) -> None:
+    jobs = promconfig.scrape_jobs(shipped_monitors(), tmp_path, interval="1s")
+    assert [j.name for j in jobs] == [
+        "podMonitor/kube-system/neuron-contig-device-plugin/0",
+        "serviceMonitor/kube-system/neuron-scheduler-extender/0",
+        "podMonitor/kube-system/neuron-monitor/0",
+    ]
+    assert [j.namespaces for j in jobs] == [("kube-system",), ("kube-system",), ("neuron-monitor",)]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups()))
+    config = promconfig.prometheus_config(
+        jobs, [tmp_path / "rules.yaml"], scrape_interval="1s", evaluation_interval="1s"
+    )
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    out = must([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")])
+    assert "SUCCESS" in out
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [("endpoint", {"tlsConfig": {"insecureSkipVerify": True}}), ("spec", {"sampleLimit": 100}),
+     ("relabeling", {"action": "replace", "sourceLabels": ["a"], "targetLabel": "b", "nonsense": 1})],
+)  # fmt: skip
+def test_translation_refuses_a_monitor_field_it_does_not_reproduce(
+    tmp_path: Path, where: str, field: dict[str, Any]
+) -> None:
+    """A monitors.yaml edit the translation does not cover fails the tests instead of drifting from a real
+    Prometheus: the field is refused, by name."""
+    monitor = copy.deepcopy(shipped_monitors()[0])
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    {"endpoint": endpoint, "spec": monitor["spec"], "relabeling": endpoint["relabelings"][0]}[where].update(field)
+    with pytest.raises(promconfig.UnsupportedMonitor, match=next(iter(field)) if where != "relabeling" else "nonsense"):
+        promconfig.scrape_jobs([monitor], tmp_path)
+
+
+def test_neuron_monitor_podmonitor_decodes_strictly_and_adds_the_node_label() -> None:
+    path = MONITORING / "neuron-monitor-podmonitor.yaml"
+    result = run([tool("manifestcheck"), "-"], stdin=path.read_text())
+    assert result.returncode == 0, result.stderr
+    (monitor,) = promconfig.load_monitors(path)
+    ours = find(kustomize("monitoring"), "PodMonitor", "neuron-contig-device-plugin")
+    # The same node relabeling as ours: the join on (node, neuroncore) needs both sides to name the node alike.
+    assert (
+        monitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+        == ours["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    )
+
+
+def promql_parses(tmp_path: Path, exprs: dict[str, str]) -> None:
+    """promtool parses each expression (as a recording rule); a syntax error fails with its name."""
+    rules = [{"record": f"check:{i}", "expr": expr} for i, expr in enumerate(exprs.values())]
+    (tmp_path / "queries.yaml").write_text(yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}))
+    result = run([tool("promtool"), "check", "rules", str(tmp_path / "queries.yaml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_shows_the_operator_queries_and_they_parse(tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Querying it") :]
+    section = section[: section.index("\n### ")]
+    for what, expr in OPERATOR_QUERIES:
+        assert f"$ promtool query instant $PROM '{expr}'" in section, what
+    promql_parses(tmp_path, {what: one_line(expr) for what, expr in OPERATOR_QUERIES})
+
+
+def test_dashboard_queries_parse_and_one_joins_neuron_monitor(tmp_path: Path) -> None:
+    doc = dashboard()
+    exprs = {f"{p['title']} {t['refId']}": t["expr"] for p in doc["panels"] for t in p.get("targets", [])}
+    promql_parses(tmp_path, {k: re.sub(r"\$node\b", "a|b", v) for k, v in exprs.items()})
+    joins = [e for e in exprs.values() if "neuroncore_utilization_ratio" in e]
+    assert joins == [one_line(UTILIZATION_BY_POD).replace("_info)", '_info{node=~"$node"})')]

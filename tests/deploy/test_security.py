@@ -89,9 +89,10 @@ def bound_cluster_roles(objs: list[Obj], service_account: str) -> set[str]:
 
 
 def test_plugin_rbac_is_exactly_get_and_patch_nodes(objs: list[Obj]) -> None:
-    """The plugin reads its node and patches its annotations; it reads no pods (kubelet's PodResources tells it
-    who holds what) and lists, watches, creates or deletes nothing."""
-    assert permissions(objs, PLUGIN) == {("", "nodes", "get"), ("", "nodes", "patch")}
+    """The plugin reads its node, patches its annotations and its NeuronDevicesHealthy condition (status
+    subresource); it reads no pods (kubelet's PodResources tells it who holds what) and lists, watches, creates
+    or deletes nothing."""
+    assert permissions(objs, PLUGIN) == {("", "nodes", "get"), ("", "nodes", "patch"), ("", "nodes/status", "patch")}
 
 
 def test_extender_rbac_reads_binds_and_holds_only_its_own_lease(objs: list[Obj]) -> None:
@@ -148,13 +149,14 @@ def test_plugin_node_writes_policy_is_bound_and_names_the_plugin(objs: list[Obj]
     spec = policy["spec"]
     assert spec["failurePolicy"] == "Fail"
     assert spec["matchConstraints"]["resourceRules"] == [
-        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes"]}
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes", "nodes/status"]}
     ]
     (condition,) = spec["matchConditions"]
     assert f'"system:serviceaccount:kube-system:{PLUGIN}"' in condition["expression"]
     assert find(objs, "ServiceAccount", PLUGIN)["metadata"]["namespace"] == "kube-system"
     text = " ".join(v["expression"] for v in spec["validations"])
-    for needle in ('"authentication.kubernetes.io/node-name"', '"neuron-contig.io/"', "labels", "spec"):
+    for needle in ('"authentication.kubernetes.io/node-name"', '"neuron-contig.io/"', "labels", "spec",
+                   '"NeuronDevicesHealthy"', "status.?capacity", "status.?addresses"):  # fmt: skip
         assert needle in text + " ".join(v["expression"] for v in spec["variables"]), needle
 
 
@@ -197,7 +199,9 @@ def test_plugin_least_privilege(objs: list[Obj]) -> None:
     ctx = container["securityContext"]
     assert ctx["privileged"] is False and ctx["allowPrivilegeEscalation"] is False
     assert ctx["readOnlyRootFilesystem"] is True
-    assert ctx["capabilities"] == {"drop": ["ALL"]}, "no capability is added"
+    # One capability only: SYSLOG, for the default hardware-error watch (syslog(2) on the kernel ring buffer).
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["SYSLOG"]}
+    assert {e["name"]: e.get("value") for e in container["env"]}["HW_ERROR_LOG"] == "ringbuffer"
     host_paths = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
     assert set(host_paths.values()) == set(PLUGIN_HOST_PATHS)
     mounts = {m["name"]: m for m in container["volumeMounts"]}
@@ -225,7 +229,9 @@ def test_plugin_scheduling_and_identity(objs: list[Obj]) -> None:
     expression, mode = term["matchExpressions"]
     assert mode == {"key": "neuron-contig.io/mode", "operator": "NotIn", "values": ["dra"]}, "never beside DRA"
     assert expression["key"] == "node.kubernetes.io/instance-type" and expression["operator"] == "In"
-    assert sorted(expression["values"]) == sorted(CATALOG), "every catalog instance type, no other"
+    extra = set(expression["values"]) - set(CATALOG)
+    assert set(CATALOG) <= set(expression["values"]), "every catalog instance type"
+    assert all(t.startswith("ml.") and t.removeprefix("ml.") in CATALOG for t in extra), "and only their ml. twins"
     assert {"key": "aws.amazon.com/neuron", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     env = {e["name"]: e for e in spec["containers"][0]["env"]}
     assert spec["enableServiceLinks"] is False, "service links would shadow the flags' env vars"
@@ -268,21 +274,51 @@ def test_hw_error_log_file_mounts_that_file_alone() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["HW_ERROR_LOG"] == "/var/log/messages"
     assert container["securityContext"]["privileged"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}, "a file needs no capability"
 
 
-def test_hw_error_log_kmsg_adds_no_mount_and_says_it_is_privileged() -> None:
-    """/dev/kmsg is already under the /dev mount; opening it needs a privileged container (device cgroup)."""
+@pytest.mark.parametrize("value", ["ringbuffer", "/dev/kmsg"])
+def test_hw_error_log_ringbuffer_adds_syslog_alone_and_no_mount(value: str) -> None:
+    """The default, and /dev/kmsg kept for existing values: the kernel ring buffer through syslog(2), with
+    CAP_SYSLOG added back alone. The container is never privileged (a privileged container was the only way to
+    open /dev/kmsg: the device cgroup admits no container to it)."""
     default = pod_spec(helm(), "DaemonSet", PLUGIN)
-    spec = pod_spec(helm("plugin.hwErrorLog=/dev/kmsg"), "DaemonSet", PLUGIN)
+    spec = pod_spec(helm(f"plugin.hwErrorLog={value}"), "DaemonSet", PLUGIN)
     (container,) = spec["containers"]
     assert spec["volumes"] == default["volumes"]
     assert container["volumeMounts"] == default["containers"][0]["volumeMounts"]
-    assert {e["name"]: e.get("value") for e in container["env"]}["HW_ERROR_LOG"] == "/dev/kmsg"
+    assert {e["name"]: e.get("value") for e in container["env"]}["HW_ERROR_LOG"] == "ringbuffer"
     ctx = container["securityContext"]
-    assert ctx["privileged"] is True and "allowPrivilegeEscalation" not in ctx
+    assert ctx["privileged"] is False and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["SYSLOG"]}
     assert ctx["readOnlyRootFilesystem"] is True
     source = (CHART / "templates" / "plugin-daemonset.yaml").read_text()
-    assert "device cgroup" in source and "/dev/kmsg" in (CHART / "values.yaml").read_text()
+    assert "dmesg_restrict" in source and "/dev/kmsg" in (CHART / "values.yaml").read_text()
+
+
+def test_hw_error_log_off_says_so_to_the_binary_and_adds_no_capability() -> None:
+    """The binary's default is the ring buffer, so "" must reach it as an explicit empty value."""
+    (container,) = pod_spec(helm("plugin.hwErrorLog="), "DaemonSet", PLUGIN)["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["HW_ERROR_LOG"] == ""
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_hw_error_trust_reaches_the_binary_only_when_not_the_default() -> None:
+    (default,) = pod_spec(helm(), "DaemonSet", PLUGIN)["containers"]
+    assert "HW_ERROR_TRUST" not in {e["name"] for e in default["env"]}
+    (container,) = pod_spec(helm("plugin.hwErrorTrust=allocated"), "DaemonSet", PLUGIN)["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["HW_ERROR_TRUST"] == "allocated"
+
+
+def test_no_rendering_makes_the_plugin_privileged() -> None:
+    for name, sets in CHART_VARIANTS.items():
+        objs = helm(*sets)
+        daemonsets = [o for o in objs if o["kind"] == "DaemonSet"]  # the device plugin, the DRA driver or both
+        assert daemonsets, name
+        for container in (c for ds in daemonsets for c in ds["spec"]["template"]["spec"]["containers"]):
+            ctx = container["securityContext"]
+            assert ctx["privileged"] is False and ctx["allowPrivilegeEscalation"] is False, name
+            assert set(ctx["capabilities"].get("add", [])) <= {"SYSLOG"}, name
 
 
 POD_SECURITY = {

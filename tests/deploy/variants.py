@@ -37,9 +37,14 @@ SWITCHES: dict[str, dict[str, Sets]] = {
         "monitors-only": ("monitoring.enabled=true", "monitoring.prometheusRule=false", "monitoring.dashboard=false"),
     },
     "hwErrorLog": {
-        "off": (),
+        "ringbuffer": ("dra.hwErrorLog=ringbuffer",),
+        "off": ("plugin.hwErrorLog=",),
         "kmsg": ("plugin.hwErrorLog=/dev/kmsg", "dra.hwErrorLog=/dev/kmsg"),
-        "file": ("plugin.hwErrorLog=/var/log/messages", "dra.hwErrorLog=/var/log/messages"),
+        "file": (
+            "plugin.hwErrorLog=/var/log/messages",
+            "plugin.hwErrorTrust=allocated",
+            "dra.hwErrorLog=/var/log/messages",
+        ),
     },
     "mode": {
         "device-plugin": (),
@@ -52,7 +57,7 @@ SWITCHES: dict[str, dict[str, Sets]] = {
 def all_pairs(switches: dict[str, dict[str, Sets]]) -> list[dict[str, str]]:
     """A small set of combinations (switch -> value name) in which every pair of values of two different
     switches occurs at least once: greedy, deterministic (each step takes the first combination of the full
-    product that covers the most pairs not yet covered)."""
+    product that covers the most pairs not yet covered). Here: 20 combinations of the product's 576."""
     names = list(switches)
     product = [dict(zip(names, values, strict=True)) for values in itertools.product(*switches.values())]
 

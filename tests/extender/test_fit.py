@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from extender.answers import FilterAnswer
 from extender.cache import ClusterView
-from extender.fit import Free, PendingPod, judge, judge_node
-from extender.requests import ContainerSpec, PodRequest, pod_request
+from extender.fit import PendingPod, judge, judge_node
 from extender.wire import parse_node
-from neuronalloc import CATALOG, NodeState, PodHolding, Resource, Rule, check_block, encode_node_state
+from neuronalloc import CATALOG, Free, NodeState, PodHolding, Resource, Rule, check_block, encode_node_state
+from neuronalloc.requests import ContainerSpec, PodRequest, pod_request
 
 from .builders import NEURON, NEURONCORE, node_doc, node_state
 
@@ -27,11 +27,12 @@ def single(resource: Resource, size: int) -> PodRequest:
 def oracle(state: NodeState, resource: Resource, size: int) -> str:
     """Enumerate every block the hardware rules allow (written from neuron-hardware.md, not from the product)."""
     topo = state.topology
-    total = topo.device_count if resource is Resource.NEURON else topo.core_count
-    aligned = resource is Resource.NEURON and topo.rule is Rule.ALIGNED
+    devices = resource in (Resource.NEURON, Resource.NEURONDEVICE)  # neurondevice: the alias of whole devices
+    total = topo.device_count if devices else topo.core_count
+    aligned = devices and topo.rule is Rule.ALIGNED
     if size > total or (aligned and size not in TRN_SIZES):
         return "unresolvable"
-    free = state.free_devices if resource is Resource.NEURON else state.free_cores
+    free = state.free_devices if devices else state.free_cores
     starts = range(0, total - size + 1, size if aligned else 1)
     if any(all(i in free for i in range(s, s + size)) for s in starts):
         return "fit"
@@ -61,7 +62,7 @@ def cases(draw: st.DrawFn) -> Case:
             used_cores.extend(draw(st.lists(st.sampled_from(list(cores)), min_size=1, unique=True)))
     state = node_state(name, used_devices=used_devices, used_cores=used_cores, unhealthy=sick)
     resource = draw(st.sampled_from(list(Resource)))
-    total = row.devices if resource is Resource.NEURON else row.devices * row.cores_per_device
+    total = row.devices if resource is not Resource.NEURONCORE else row.devices * row.cores_per_device
     size = draw(st.integers(1, total + 2))
     return Case(state, resource, size)
 
@@ -75,7 +76,7 @@ def test_filter_matches_brute_force_oracle(case: Case) -> None:
     if verdict.fits:
         assert verdict.score >= 1
         ((resource, block),) = verdict.blocks
-        free = case.state.free_devices if resource is Resource.NEURON else case.state.free_cores
+        free = case.state.free_devices if resource is not Resource.NEURONCORE else case.state.free_cores
         assert set(block) <= free and len(block) == case.size
         assert check_block(case.state.topology, resource, block) is None
     else:
@@ -202,3 +203,19 @@ def test_garbled_and_missing_annotations_are_unknown_not_a_crash() -> None:
         verdict = view.verdict_for(parse_node(node_doc("n", annotations=notes)), request)
         assert verdict.kind == "unknown"
         assert verdict.reason.startswith("(unknown)") and words in verdict.reason
+
+
+def test_a_node_refused_while_devices_are_unhealthy_says_so() -> None:
+    # Health issue: a user whose pod is refused must learn the node lacks a block because hardware failed, and
+    # where to look; the reason stays free of IDs (one line per shape in the scheduler's event), the detail
+    # names them.
+    four = single(Resource.NEURON, 4)
+    sick = judge_node(node_state("inf2.48xlarge", used_devices=range(8), unhealthy=[9]), [], four)
+    assert sick.kind == "no_block"
+    assert "unhealthy" in sick.reason and "NeuronDevicesHealthy" in sick.reason
+    assert "9" not in sick.reason
+    assert "unhealthy devices 9" in sick.detail
+    full = judge_node(node_state("inf2.48xlarge", used_devices=range(9)), [], four)
+    assert full.kind == "no_block" and "unhealthy" not in full.reason + full.detail
+    fits = judge_node(node_state("inf2.48xlarge", unhealthy=[9]), [], four)
+    assert fits.fits and fits.reason == ""

@@ -93,7 +93,8 @@ def test_json_device_maps_and_largest_blocks_of_known_nodes(
 
 def test_json_pending_pods_and_why_they_wait(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
     pending = {f"{p['namespace']}/{p['name']}": p for p in run_json(capsys, kubeconfig)["pending"]}
-    assert set(pending) == {"ml/big-model", "ml/cores", "default/wrong-sched"}
+    assert set(pending) == {"ml/big-model", "ml/cores", "default/wrong-sched", "ml/with-sidecar"}
+    assert pending["ml/with-sidecar"]["requests"] == {"neuron": 7}  # the setup container beside the sidecar
     big = pending["ml/big-model"]
     assert big["requests"] == {"neuron": 8}
     assert big["reason"] == "FailedScheduling" and big["message"] == recorded.NEW_MESSAGE  # the newest event
@@ -102,6 +103,15 @@ def test_json_pending_pods_and_why_they_wait(capsys: pytest.CaptureFixture[str],
     wrong = pending["default/wrong-sched"]
     assert wrong["reason"] == "NotAttempted"
     assert any("not neuron-contig-scheduler" in w for w in wrong["warnings"])
+
+
+def test_a_renamed_scheduler_is_named_with_scheduler_name(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
+    # An install whose chart sets schedulerName: pods of that scheduler get no "not guaranteed contiguous"
+    # warning, and pods of neuron-contig-scheduler (not the install's) do.
+    doc = run_json(capsys, kubeconfig, "--scheduler-name", "default-scheduler")
+    pending = {f"{p['namespace']}/{p['name']}": p for p in doc["pending"]}
+    assert pending["default/wrong-sched"]["warnings"] == []
+    assert any("not default-scheduler" in w for w in pending["ml/big-model"]["warnings"])
 
 
 def test_reads_only_with_paged_lists(
@@ -123,9 +133,10 @@ def test_table_reads_well_at_100_nodes(capsys: pytest.CaptureFixture[str], kubec
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("100 Neuron nodes; ")
-    assert "3 Pending pods need Neuron" in lines[0]
+    assert "4 Pending pods need Neuron" in lines[0]
     header = next(i for i, line in enumerate(lines) if line.startswith("NODE "))
-    rows = [line for line in lines if NODE_ROW.match(line)]
+    legend = next(i for i, line in enumerate(lines) if line.startswith("map: "))
+    rows = [line for line in lines[header:legend] if NODE_ROW.match(line)]
     assert len(rows) == 100
     assert lines[header + 1 : header + 101] == rows, "one line per node, right under the header"
     # The columns line up: every node row's map column starts where the header's MAP does.
@@ -185,3 +196,37 @@ def test_label_selector_is_passed_to_the_api_server(
     doc = run_json(capsys, kubeconfig, "-l", "node.kubernetes.io/instance-type=inf1.6xlarge")
     assert doc["nodes"] and {n["instanceType"] for n in doc["nodes"]} == {"inf1.6xlarge"}
     assert cluster.requests[0].query["labelSelector"] == "node.kubernetes.io/instance-type=inf1.6xlarge"
+
+
+def test_json_carries_each_nodes_health_condition(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
+    nodes = by_name(run_json(capsys, kubeconfig))
+    trn1 = nodes["ip-10-0-0-2.ec2.internal"]
+    assert trn1["healthCondition"]["status"] == "False"
+    assert trn1["healthCondition"]["reason"] == "NeuronHardwareError"
+    assert trn1["healthCondition"]["message"] == recorded.TRN1_UNHEALTHY
+    assert trn1["healthCondition"]["lastTransitionTime"].endswith("Z")
+    unwatched = nodes["ip-10-0-0-6.ec2.internal"]
+    assert unwatched["status"] == "HwUnwatched" and unwatched["unhealthyDevices"] == ""
+    assert "CAP_SYSLOG" in unwatched["healthCondition"]["message"]
+    assert nodes["ip-10-0-0-1.ec2.internal"]["healthCondition"]["reason"] == "AllDevicesHealthy"
+    assert nodes["ip-10-0-0-1.ec2.internal"]["status"] == "OK"
+    assert nodes["ip-10-0-0-4.ec2.internal"]["healthCondition"] is None
+
+
+def test_table_says_why_devices_are_withdrawn(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
+    """A node with fewer blocks because of an unhealthy device: the health table names the devices and the
+    plugin's condition, so the reason for a smaller LARGEST (and the extender's refusals) is on screen."""
+    code, out, _ = run(capsys, "--kubeconfig", str(kubeconfig), "-o", "wide")
+    assert code == 0
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("NODE ") and "UNHEALTHY" in line)
+    section = lines[start : lines.index("", start)]
+    trn1 = next(line for line in section if line.startswith("ip-10-0-0-2."))
+    # SINCE: 7 minutes when the recorded objects were made (at import), more if the run is slow
+    assert re.search(r"\s4\s+False NeuronHardwareError\s+[0-9]+m\s+1 of 16 Neuron devices unhealthy", trn1), trn1
+    assert trn1.endswith("hw_error:SRAM_UNCORRECTABLE_ERROR on 4")
+    unwatched = next(line for line in section if line.startswith("ip-10-0-0-6."))
+    assert "True HardwareErrorsNotWatched" in unwatched and "CAP_SYSLOG" in unwatched
+    assert not any(line.startswith("ip-10-0-0-1.") for line in section), "healthy nodes are not listed"
+    generated = [line for line in section if line.startswith("ip-10-1-")]
+    assert generated and all("no NeuronDevicesHealthy condition" in line for line in generated)

@@ -1,6 +1,7 @@
-"""A loopback HTTP stand-in for the API server's node endpoints (GET and PATCH /api/v1/nodes/<name>),
-shipped with the tests. It records every request and merges PATCH bodies into the node's annotations, as a
-JSON merge patch would."""
+"""A loopback HTTP stand-in for the API server's node endpoints (GET and PATCH /api/v1/nodes/<name>, PATCH
+/api/v1/nodes/<name>/status), shipped with the tests. It records every request, merges PATCH bodies into the
+node's annotations, as a JSON merge patch would, and status PATCH bodies' conditions by type, as a strategic
+merge patch of status.conditions would."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class FakeApiServer:
         self.requests: list[dict[str, Any]] = []
         self.labels = labels or {}
         self.annotations: dict[str, str] = {}
+        self.conditions: list[dict[str, Any]] = [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]
+        self.status_status = 200  # set to fail only status-subresource writes
         self.status = 200  # set to 5xx/4xx to make every request fail
         self.delay = 0.0  # seconds to hold every request before answering (a hanging API server)
         self.on_patch: Callable[[dict[str, Any]], None] | None = None  # sees each PATCH body as it arrives
@@ -28,7 +31,8 @@ class FakeApiServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                if outer.on_patch is not None and self.command == "PATCH" and body:
+                annotation_patch = self.command == "PATCH" and body and not self.path.endswith("/status")
+                if outer.on_patch is not None and annotation_patch:
                     outer.on_patch(body)
                 if outer.delay:
                     time.sleep(outer.delay)
@@ -37,13 +41,23 @@ class FakeApiServer:
                         {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
                     )
                     status = outer.status
-                    if status == 200 and self.command == "PATCH" and body:
+                    on_status = self.path.endswith("/status")
+                    if on_status and status == 200:
+                        status = outer.status_status
+                    if status == 200 and self.command == "PATCH" and body and on_status:
+                        for condition in body["status"]["conditions"]:
+                            kept = [c for c in outer.conditions if c["type"] != condition["type"]]
+                            outer.conditions = [*kept, condition]
+                    elif status == 200 and self.command == "PATCH" and body:
                         for key, value in body["metadata"]["annotations"].items():
                             if value is None:
                                 outer.annotations.pop(key, None)
                             else:
                                 outer.annotations[key] = value
-                    reply = {"metadata": {"labels": outer.labels, "annotations": outer.annotations}}
+                    reply = {
+                        "metadata": {"labels": outer.labels, "annotations": outer.annotations},
+                        "status": {"conditions": outer.conditions},
+                    }
                 payload = json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -61,8 +75,17 @@ class FakeApiServer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def patches(self) -> list[dict[str, Any]]:
+        """Annotation patches (of the node itself)."""
         with self.lock:
-            return [r for r in self.requests if r["method"] == "PATCH"]
+            return [r for r in self.requests if r["method"] == "PATCH" and not r["path"].endswith("/status")]
+
+    def status_patches(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["method"] == "PATCH" and r["path"].endswith("/status")]
+
+    def condition(self, condition_type: str) -> dict[str, Any] | None:
+        with self.lock:
+            return next((dict(c) for c in self.conditions if c["type"] == condition_type), None)
 
     def annotation(self, key: str) -> str | None:
         with self.lock:

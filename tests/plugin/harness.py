@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,13 @@ def plugin_command() -> list[str]:
 
 
 class PluginProcess:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,  # runs in the child before exec (e.g. drop capabilities)
+    ) -> None:
         self.log_path = log_path
         self._log_file = log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -36,6 +42,7 @@ class PluginProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             cwd=REPO_ROOT,
+            preexec_fn=preexec,
         )
 
     def events(self) -> list[dict[str, Any]]:
@@ -106,8 +113,12 @@ class Cluster:
             *extra,
         ]  # fmt: skip
 
-    def start_plugin(self, instance_type: str = "", extra: list[str] | None = None) -> PluginProcess:
-        self.plugin = PluginProcess(self.plugin_args(instance_type, extra or []), self.root / "plugin.log")
+    def start_plugin(
+        self, instance_type: str = "", extra: list[str] | None = None, preexec: Callable[[], None] | None = None
+    ) -> PluginProcess:
+        self.plugin = PluginProcess(
+            self.plugin_args(instance_type, extra or []), self.root / "plugin.log", preexec=preexec
+        )
         return self.plugin
 
 

@@ -29,7 +29,7 @@ from plugin._proto.dra.v1 import api_pb2_grpc as dra_grpc
 from plugin._proto.pluginregistration.v1 import api_pb2 as reg_pb2
 from plugin._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from plugin.config import ConfigError
-from plugin.dra.api import DraApi
+from plugin.dra.api import DraApi, HttpStatusError
 from plugin.dra.claims import ClaimError, check_ref, read_allocation
 from plugin.dra.config import load_config
 from plugin.dra.kubelet import DraServicer, RegistrationServicer, RegistrationState, SocketServer
@@ -70,7 +70,7 @@ class Claims:
     async def fetch(self, namespace: str, name: str) -> Any:
         self.reads.append(name)
         if name not in self.docs:
-            raise KubeApiError(f"GET {name}: HTTP 404", unreachable=False, status=404)
+            raise HttpStatusError(f"GET {name}: HTTP 404", status=404)
         return self.docs[name]
 
 

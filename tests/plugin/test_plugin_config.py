@@ -23,7 +23,8 @@ def test_defaults_fit_a_real_node() -> None:
     assert config.metrics_port == 9410
     assert config.kubeconfig == "" and config.publishing_enabled
     assert config.logical_nc_config == Path("/opt/aws/neuron/logical_nc_config")
-    assert config.hw_error_log == ""
+    assert config.hw_error_log == "ringbuffer"  # the kernel ring buffer through syslog(2): no mount needed
+    assert config.hw_error_quarantine == 300.0 and config.hw_error_trust == "any"
     assert config.log_level == "info"
     assert config.advertise_address == "" and config.plugin_address == ""
 
@@ -38,10 +39,16 @@ def test_env_var_fills_an_absent_flag_and_the_flag_wins() -> None:
 
 def test_every_flag_has_an_upper_snake_case_env_var() -> None:
     for flag in FLAGS:
-        special = {"metrics-port": "0", "log-level": "debug", "advertise-address": "10.0.0.1"}
+        special = {
+            "metrics-port": "0",
+            "log-level": "debug",
+            "advertise-address": "10.0.0.1",
+            "hw-error-quarantine": "5",
+            "hw-error-trust": "allocated",
+        }
         value = special.get(flag.name, "x")
-        from_env = load_config([], {flag.env_var: value})
-        from_flag = load_config([f"--{flag.name}", value], {})
+        from_env = load_config([], {flag.env_var: "true" if flag.switch else value})
+        from_flag = load_config([f"--{flag.name}"] if flag.switch else [f"--{flag.name}", value], {})
         assert from_env == from_flag, flag.name
     assert {f.env_var for f in FLAGS} >= {"DEVICE_ROOT", "KUBELET_SOCKET_DIR", "POD_RESOURCES_SOCKET", "HW_ERROR_LOG"}
 
@@ -58,6 +65,10 @@ def test_kubeconfig_none_turns_publishing_off() -> None:
         (["--log-level", "loud"], {}, "log-level: 'loud' is not one of"),
         (["--kubelet-socket-dir", "/" + "d" * 90], {}, "kubelet-socket-dir: the unix socket path .* at most 107"),
         ([], {"POD_RESOURCES_SOCKET": "/" + "p" * 120}, "pod-resources-socket: the unix socket path"),
+        (["--hw-error-quarantine", "soon"], {}, "hw-error-quarantine: 'soon' is not a number of seconds"),
+        ([], {"HW_ERROR_QUARANTINE": "0"}, r"hw-error-quarantine: 0 is outside \(0, 604800\]"),
+        (["--hw-error-quarantine", "nan"], {}, "hw-error-quarantine: nan is outside"),
+        (["--hw-error-quarantine", "inf"], {}, "hw-error-quarantine: inf is outside"),
     ],
 )
 def test_bad_values_are_named(argv: list[str], env: dict[str, str], words: str) -> None:
@@ -94,3 +105,26 @@ def test_advertise_address_must_be_an_ip(value: str) -> None:
         load_config(["--advertise-address", value], {})
     assert len(str(caught.value)) < 200
     assert load_config([], {"ADVERTISE_ADDRESS": "10.0.0.9"}).advertise_address == "10.0.0.9"
+
+
+def test_hw_error_log_keeps_its_old_values_and_names_the_ring_buffer() -> None:
+    """ "" still turns the kernel-log source off and a path still names a file; the default is the ring buffer."""
+    assert load_config(["--hw-error-log", ""], {}).hw_error_log == ""
+    assert load_config([], {"HW_ERROR_LOG": ""}).hw_error_log == ""
+    assert load_config([], {"HW_ERROR_LOG": "/var/log/messages"}).hw_error_log == "/var/log/messages"
+    assert load_config(["--hw-error-log", "/dev/kmsg"], {}).hw_error_log == "/dev/kmsg"
+
+
+def test_hw_error_trust_is_a_choice_and_a_bad_env_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert load_config(["--hw-error-trust", "allocated"], {}).hw_error_trust == "allocated"
+    with pytest.raises(SystemExit) as exited:
+        load_config([], {"HW_ERROR_TRUST": "some"})
+    assert exited.value.code == 2 and "hw-error-trust" in capsys.readouterr().err
+
+
+def test_neurondevice_is_served_unless_switched_off() -> None:
+    everything = ("aws.amazon.com/neuron", "aws.amazon.com/neuroncore", "aws.amazon.com/neurondevice")
+    assert load_config([], {}).resources == everything
+    assert load_config(["--disable-neurondevice"], {}).resources == everything[:2]
+    assert load_config([], {"DISABLE_NEURONDEVICE": "yes"}).resources == everything[:2]
+    assert load_config([], {"DISABLE_NEURONDEVICE": ""}).resources == everything

@@ -137,7 +137,34 @@ def test_trn2_cores_follow_lnc(tmp_path: Path) -> None:
     assert run(FakeNode.build(tmp_path / "c", 16), "trn2.48xlarge").topology.cores_per_device == 4
 
 
-@pytest.mark.parametrize(("text", "value"), [("1\n", 1), ("2", 2), ("3", None), ("two", None), ("", None)])
+def test_trn3_cores_follow_lnc(tmp_path: Path) -> None:
+    assert run(FakeNode.build(tmp_path / "a", 16, lnc=1), "trn3.48xlarge").topology.cores_per_device == 8
+    assert run(FakeNode.build(tmp_path / "b", 4), "trn3e.24xlarge").topology.cores_per_device == 4
+
+
+def test_sagemaker_node_label_gets_the_ec2_rule(tmp_path: Path) -> None:
+    found = run(FakeNode.build(tmp_path, 16, core_count=2), label="ml.trn1.32xlarge")
+    assert found.topology.known and found.topology.rule is Rule.ALIGNED
+    assert found.topology.instance_type == "ml.trn1.32xlarge"
+    assert found.type_source is TypeSource.NODE_LABEL
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1\n", 1),
+        ("2", 2),
+        ("3", None),
+        ("two", None),
+        ("", None),
+        # AWS's EKS guide writes the setting as a KEY=value line from launch-template user data.
+        ("NEURON_LOGICAL_NC_CONFIG=1\n", 1),
+        ("NEURON_LOGICAL_NC_CONFIG=2", 2),
+        ("NEURON_LOGICAL_NC_CONFIG=3", None),
+        ("OTHER=1", None),
+        ("NEURON_LOGICAL_NC_CONFIG=", None),
+    ],
+)
 def test_read_logical_nc(tmp_path: Path, text: str, value: int | None) -> None:
     (tmp_path / "lnc").write_text(text)
     assert read_logical_nc(tmp_path / "lnc") == value

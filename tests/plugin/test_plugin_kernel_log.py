@@ -6,6 +6,7 @@ KernelLogSource and LineFollower run on real files with a fake clock; the last t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -16,8 +17,10 @@ import pytest
 from plugin.health import HW_ERROR_LOG_INTERVAL_SECONDS, KernelLogSource
 from plugin.hwerrors import MAX_BACKLOG_BYTES, MAX_LINE_BYTES, MAX_POLL_BYTES, LineFollower, RecordFormat
 from plugin.metrics import PluginMetrics
+from plugin.ringbuffer import RingBufferReader
 from tests.plugin.harness import Cluster
 from tests.plugin.test_plugin_component import NEURON, start
+from tests.plugin.test_plugin_ringbuffer import FakeRing
 
 SYSLOG = "Nov 22 02:05:56 ip-10-0-1-7 kernel: "
 KMSG_FLOOD_LINE = SYSLOG + "NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR instance-id=i-0592 hostname=ip-1 nd-id={} nc-id=0\n"
@@ -192,3 +195,79 @@ def test_a_userspace_write_to_the_real_dev_kmsg_marks_nothing(trn1: Cluster) -> 
         kmsg.write("<3>NEURON_HW_ERR=DMA_ERROR instance-id=i-0 hostname=h nd-id=1 nc-id=0 (neuron-contig test)\n")
     trn1.plugin.wait_event("health.hw_error_not_kernel")
     assert endpoints[NEURON].latest()["1"] == "Healthy"
+
+
+# ---- the ring buffer: unreadable, and forged records -------------------------------------------------------
+
+
+def test_an_unreadable_ring_is_reported_once_and_health_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    ring = FakeRing()
+    ring.log("boot")
+    ring.error = errno.EPERM
+    metrics = PluginMetrics()
+    src = KernelLogSource("ringbuffer", 4, metrics=metrics, reader=RingBufferReader(ring, window=4096))
+    with caplog.at_level(logging.INFO):
+        for now in range(5):
+            assert src.poll(now=float(now)) == {}
+    [event] = events(caplog, "health.hw_error_log_unreadable")
+    assert event["source"] == "ringbuffer" and "CAP_SYSLOG" in event["error"] and "presence" in event["fallback"]
+    assert src.problem is not None and "CAP_SYSLOG" in src.problem
+    assert metrics.kernel_log_readable.labels("ringbuffer")._value.get() == 0
+    ring.error = None
+    with caplog.at_level(logging.INFO):
+        src.poll(now=5.0)
+        ring.log("NEURON_HW_ERR=NC_UNCORRECTABLE_ERROR nd-id=3", prio=3)
+        assert src.poll(now=6.0) == {3: "hw_error:NC_UNCORRECTABLE_ERROR"}
+    assert src.problem is None and metrics.kernel_log_readable.labels("ringbuffer")._value.get() == 1
+    assert events(caplog, "health.hw_error_log_following")[-1]["source"] == "ringbuffer"
+
+
+def test_dev_kmsg_refused_says_what_to_use_instead(tmp_path: Path) -> None:
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("")
+    kmsg.chmod(0)
+    src = KernelLogSource(str(kmsg), 4, metrics=PluginMetrics())
+    src.follower.open_errno, src.follower.open_error = errno.EPERM, f"{kmsg}: Operation not permitted"
+    src.kind = "kmsg"  # as for the real /dev/kmsg in a container the device cgroup does not admit
+    src._note_readability()
+    assert src.problem is not None and "privileged" in src.problem and "ringbuffer" in src.problem
+
+
+def test_with_trust_allocated_a_record_counts_only_for_devices_a_pod_held() -> None:
+    """A pod given device 0 can make the driver print `NEURON_HW_ERR=... nd-id=2`: with trust `allocated`, a
+    device no pod held in the last minute is not taken out of service by it; a held device is."""
+    ring = FakeRing()
+    ring.log("boot")
+    held: list[frozenset[int] | None] = [frozenset({0, 1})]
+    metrics = PluginMetrics()
+    src = KernelLogSource(
+        "ringbuffer", 4, metrics=metrics, reader=RingBufferReader(ring, window=4096),
+        allocated=lambda: held[0], trust_allocated=True,
+    )  # fmt: skip
+    src.poll(now=0.0)
+    ring.log("NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR nd-id=2 nc-id=0", prio=3)  # nobody holds device 2
+    ring.log("NEURON_HW_ERR=SRAM_UNCORRECTABLE_ERROR nd-id=1 nc-id=0", prio=3)
+    assert src.poll(now=1.0) == {1: "hw_error:SRAM_UNCORRECTABLE_ERROR"}
+    assert metrics.kernel_log_dropped.labels("not_held")._value.get() == 1
+    held[0] = frozenset()  # the pod on device 0-1 ended: its devices still count for a grace period
+    ring.log("NEURON_HW_ERR=DMA_ERROR nd-id=0", prio=3)
+    assert set(src.poll(now=30.0)) == {0, 1}
+    ring.log("NEURON_HW_ERR=DMA_ERROR nd-id=3", prio=3)
+    ring.log("NEURON_HW_ERR=DMA_ERROR affecting neuron devices", prio=3)  # no device named: held ones only
+    assert set(src.poll(now=31.0)) == {0, 1}
+    ring.log("NEURON_HW_ERR=DMA_ERROR nd-id=0", prio=3)
+    assert set(src.poll(now=120.0)) == {0, 1}  # still quarantined from t=30, but the new record is dropped
+    assert metrics.kernel_log_dropped.labels("not_held")._value.get() == 3
+    held[0] = None  # PodResources cannot say: every record counts (the side that fails closed)
+    ring.log("NEURON_HW_ERR=DMA_ERROR nd-id=2", prio=3)
+    assert 2 in src.poll(now=121.0)
+
+
+def test_by_default_every_kernel_record_counts_whoever_holds_the_device() -> None:
+    ring = FakeRing()
+    ring.log("boot")
+    src = KernelLogSource("ringbuffer", 4, metrics=PluginMetrics(), reader=RingBufferReader(ring, window=4096),
+                          allocated=lambda: frozenset())  # fmt: skip
+    src.poll(now=0.0)
+    ring.log("NEURON_HW_ERR=DMA_ERROR nd-id=2", prio=3)
+    assert src.poll(now=1.0) == {2: "hw_error:DMA_ERROR"}

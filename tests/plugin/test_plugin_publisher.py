@@ -237,3 +237,36 @@ def test_published_free_sets_never_include_held_or_unhealthy_hardware(
     assert {k for k, h in state.pods.items() if h.devices or h.cores} == {
         f"ns/p{i}" for i, h in enumerate(holdings) if any(h.values())
     }
+
+
+def test_neurondevice_holdings_publish_as_devices_and_count_for_every_name() -> None:
+    alias = Resource.NEURONDEVICE.value
+    view = view_with(
+        [
+            pod_resources("ml", "old-spec", {alias: ["0", "1", "2", "3"]}),
+            pod_resources("ml", "whole", {NEURON: ["4", "5", "6", "7"]}),
+            pod_resources("ml", "cores", {NEURONCORE: ["17"]}),  # device 8
+        ]
+    )
+    usage = view.usage()
+    assert usage.free_devices == frozenset(range(9, 16))
+    assert usage.free_cores == frozenset({16} | set(range(18, 32)))
+    state = view.node_state()
+    assert state is not None
+    round_trip = decode_node_state(__import__("neuronalloc").encode_node_state(state))
+    assert round_trip.pods["ml/old-spec"] == PodHolding(devices=frozenset({0, 1, 2, 3}))
+    assert round_trip.free_devices == usage.free_devices
+    # Each name's usable IDs exclude what the two others hold.
+    assert view.usable(Resource.NEURON) == frozenset(range(16)) - {0, 1, 2, 3, 8}
+    assert view.usable(Resource.NEURONDEVICE) == frozenset(range(16)) - {4, 5, 6, 7, 8}
+    assert view.usable(Resource.NEURONCORE) == frozenset(range(16, 32))
+
+
+def test_ledger_clears_an_alias_grant_only_when_shown_under_its_own_name() -> None:
+    ledger = Ledger(ttl=30)
+    ledger.record(Resource.NEURONDEVICE, frozenset({8, 9}), now=0)
+    ledger.reconcile(PodHoldings.of({"a/b": PodHolding(devices=frozenset({8, 9}))}), now=1)  # shown as neuron
+    assert ledger.used(Resource.NEURONDEVICE) == {8, 9}
+    shown = PodHoldings(pods={}, used_devices=frozenset({8, 9}), by_name={Resource.NEURONDEVICE: frozenset({8, 9})})
+    ledger.reconcile(shown, now=2)
+    assert ledger.used(Resource.NEURONDEVICE) == frozenset()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView
 from plugin.podresources import PodHoldings
 from plugin.server import DevicePluginServicer, ResourceServer, ServerState
-from plugin.sockets import is_live
+from plugin.sockets import identity_of, is_live, socket_identity
 
 
 def make_server(socket_path: Path) -> ResourceServer:
@@ -70,3 +71,15 @@ def test_stop_after_the_socket_was_wiped_then_a_fresh_server_takes_the_name(sock
         assert not second.socket_path.exists()
 
     asyncio.run(scenario())
+
+
+def test_a_recreated_socket_with_the_old_inode_number_is_a_new_identity(socket_dir: Path) -> None:
+    # ext4 and xfs give a freed inode number to the next file created, so kubelet's new kubelet.sock often has
+    # the old one's inode, and a (device, inode) identity missed that restart. The change time tells them apart.
+    path = socket_dir / "kubelet.sock"
+    path.touch()
+    old = os.stat(path)
+    recreated = os.stat_result(tuple(old)[:10], {"st_ctime_ns": old.st_ctime_ns + 1_000_000})
+    assert (recreated.st_dev, recreated.st_ino) == (old.st_dev, old.st_ino)
+    assert identity_of(recreated) != identity_of(old)
+    assert socket_identity(path) == identity_of(old)

@@ -149,7 +149,7 @@ def test_sigterm_publishes_stopping_before_the_sockets_go(node: Node) -> None:
     wait_until(lambda: node.api.annotation(SERVING) == "true", what="serving published")
     assert node.cluster.plugin is not None
     assert node.cluster.plugin.terminate() == 0
-    assert seen_at_stopping and seen_at_stopping[0] == [True, True]  # still serving kubelet at that moment
+    assert seen_at_stopping and seen_at_stopping[0] == [True, True, True]  # still serving kubelet at that moment
     assert node.api.annotation(SERVING) == "stopping"
     assert not list(node.cluster.socket_dir.glob("neuron-contig-*.sock"))
 

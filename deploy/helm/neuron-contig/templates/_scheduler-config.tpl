@@ -44,4 +44,7 @@ extenders:
         ignoredByScheduler: false
       - name: aws.amazon.com/neuroncore
         ignoredByScheduler: false
+      # The alias of whole devices AWS's older device plugin served; pod specs of that era ask for it.
+      - name: aws.amazon.com/neurondevice
+        ignoredByScheduler: false
 {{- end }}

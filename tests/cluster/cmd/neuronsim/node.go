@@ -521,11 +521,19 @@ func (n *simNode) updateNodeStatus(ctx context.Context, devCapacity, devAllocata
 		node.Status.Capacity, node.Status.Allocatable = capacity, allocatable
 		node.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "127.0.0.1"},
 			{Type: v1.NodeHostName, Address: n.name}}
-		node.Status.Conditions = []v1.NodeCondition{{
+		// Ready is ours; every other condition (the device plugin's NeuronDevicesHealthy, a node problem
+		// detector's) is kept, as kubelet's status setter keeps conditions it does not own.
+		conditions := []v1.NodeCondition{{
 			Type: v1.NodeReady, Status: v1.ConditionTrue, Reason: "KubeletReady",
 			Message: "simulated Neuron node (neuronsim): device manager running", LastHeartbeatTime: now,
 			LastTransitionTime: now,
 		}}
+		for _, condition := range node.Status.Conditions {
+			if condition.Type != v1.NodeReady {
+				conditions = append(conditions, condition)
+			}
+		}
+		node.Status.Conditions = conditions
 		_, err = nodes.UpdateStatus(ctx, node, metav1.UpdateOptions{})
 		return err
 	})
