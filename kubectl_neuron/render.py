@@ -16,6 +16,7 @@ from typing import Any
 
 from kubectl_neuron.view import ClusterReport, DeviceCell, DeviceStatus, NodeReport, PendingReport
 from neuronalloc import encode_ranges
+from neuronalloc.draslices import UNHEALTHY_TAINT
 from neuronalloc.nodestate import format_time
 
 FREE_GLYPH = "."
@@ -153,6 +154,12 @@ def _pending_rows(view: ClusterReport, wide: bool, width: int) -> list[str]:
     return lines
 
 
+def _no_condition(node: NodeReport) -> str:
+    if node.mode == "dra":  # the DRA driver writes no node condition: its slices' taints are the record
+        return f"DRA node: blocks on these devices carry the {UNHEALTHY_TAINT} taint"
+    return "no NeuronDevicesHealthy condition on the node (plugin not running here?)"
+
+
 def _health_rows(view: ClusterReport, wide: bool, width: int, now: datetime) -> list[str]:
     """Why devices are withdrawn (or errors unseen), per node: the plugin's NeuronDevicesHealthy condition."""
     header = ["NODE", "UNHEALTHY", "CONDITION", "SINCE", "MESSAGE"]
@@ -167,7 +174,7 @@ def _health_rows(view: ClusterReport, wide: bool, width: int, now: datetime) -> 
             encode_ranges(node.unhealthy_devices) or "-",
             f"{health.status} {health.reason}" if health else "-",
             since,
-            health.message if health else "no NeuronDevicesHealthy condition on the node (plugin not running here?)",
+            health.message if health else _no_condition(node),
         ])  # fmt: skip
     if len(rows) == 1:
         return []

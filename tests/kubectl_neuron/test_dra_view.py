@@ -79,3 +79,10 @@ def test_only_the_newest_generation_counts() -> None:
     old = [{**s, "spec": {**s["spec"], "pool": {**s["spec"]["pool"], "generation": 1}}} for s in slices("n1", {0})]
     (shown,) = build_view([node("n1")], [], [], NOW, resource_slices=old + slices("n1")).nodes
     assert shown.unhealthy_devices == frozenset()
+
+
+def test_a_dra_nodes_health_row_names_the_drivers_taints_not_a_missing_plugin() -> None:
+    view = build_view([node("n1")], [], [], NOW, resource_slices=slices("n1", {8}))
+    health = render_table(view, wide=True).split("UNHEALTHY  CONDITION")[1]  # the health table
+    assert "plugin not running" not in health
+    assert "neuron.neuron-contig.io/unhealthy" in health
