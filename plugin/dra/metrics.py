@@ -3,8 +3,9 @@
 A DRA node exports `neuron_contig_plugin_devices`, `_cores`, `_largest_free_block`, `_device_healthy`,
 `_topology_fallback`, `_serving` and the kernel-log series exactly as a device-plugin node does, so dashboards and
 the device-health and fragmentation alerts cover both modes. The device-plugin-only series (Allocate, kubelet
-registration by resource, node-annotation publishing, PodResources) are not exported: they would read as
-"never registered" and "never published" here. "Allocated" means held by a claim this driver has prepared.
+registration by resource, node-annotation publishing, PodResources, the node condition, the per-pod NeuronCore
+series) are not exported: they would read as "never registered" and "never published" here (the driver writes no
+node condition and reads no PodResources). "Allocated" means held by a claim this driver has prepared.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class DraMetrics(PluginMetrics):
     def __init__(self) -> None:
         super().__init__()
         for device_plugin_only in (
-            self.allocations, self.rpc_duration, self.registrations, self.registered, self.publish_errors,
-            self.last_publish, self.podresources_age,
+            self.allocations, self.rpc_duration, self.rpcs, self.registrations, self.registered,
+            self.publish_errors, self.last_publish, self.podresources_age, self.condition_errors, self.pod_neuroncore,
         ):  # fmt: skip
             self.registry.unregister(device_plugin_only)
         ns, sub, reg = "neuron_contig", "dra", self.registry

@@ -460,3 +460,18 @@ def test_flags_and_env_and_what_is_refused() -> None:
     ):
         with pytest.raises(ConfigError, match=complaint):
             load_config(argv, {})
+
+
+def test_the_driver_exports_no_device_plugin_only_series() -> None:
+    """A DRA node serves no device-plugin RPCs, writes no node condition and reads no PodResources: those series
+    would read as "never registered" or "never happened" on every DRA node."""
+    names = {family.name for family in DraMetrics().registry.collect()}
+    device_plugin_only = {
+        "neuron_contig_plugin_allocations", "neuron_contig_plugin_rpcs", "neuron_contig_plugin_rpc_duration_seconds",
+        "neuron_contig_plugin_registrations", "neuron_contig_plugin_registered",
+        "neuron_contig_plugin_publish_errors", "neuron_contig_plugin_last_publish_timestamp_seconds",
+        "neuron_contig_plugin_podresources_age_seconds", "neuron_contig_plugin_condition_errors",
+        "neuron_contig_plugin_pod_neuroncore_info",
+    }  # fmt: skip
+    assert not names & device_plugin_only
+    assert {"neuron_contig_plugin_devices", "neuron_contig_plugin_serving", "neuron_contig_dra_blocks"} <= names
