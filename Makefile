@@ -1,4 +1,4 @@
-# Two commands set a fresh machine up (see README):  make demo   |   make test
+# Two commands set a fresh machine up (see README):  make demo [MODE=dra]   |   make test
 SHELL := /bin/bash
 PYTHON ?= python3
 PACKAGES := neuronalloc neuroncli neuronlog plugin extender kubectl_neuron
@@ -28,8 +28,10 @@ test: deps lint
 unit:
 	$(PYTHON) -m pytest tests/core
 
+# make demo MODE=dra: the same nodes and workload served by the DRA driver and the stock kube-scheduler.
+MODE ?= device-plugin
 demo: deps
-	$(PYTHON) -m tests.cluster.demo
+	$(PYTHON) -m tests.cluster.demo --mode $(MODE)
 
 bench:
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(PYTHON) "$$b"; done

@@ -14,8 +14,9 @@ Policies (node choice, then the IDs kubelet hands the pod):
               (not contiguous, or not a trn block) crashes the pod: a non-contiguity failure.
   first-fit   contiguous first fit, every node scored 0 (AWS's extender, HAMi): a random feasible node, the
               lowest-start block.
-  ours        the product: `extender.fit.judge` filters and scores (best fit), the plugin's
-              `neuronalloc.allocate` picks the block. Imported, not copied.
+  ours        the product: the plugin's `neuronalloc.allocate` picks the block, `neuronalloc.block_fit_score`
+              scores it (best fit), as the extender's filter and prioritize do for a one-container pod.
+              Imported, not copied.
   fluid       the bound: a pod fits wherever enough devices (cores) are free, contiguous or not.
 
 Ties between equally good nodes are broken at random, as kube-scheduler does.
@@ -29,14 +30,22 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from extender.fit import Free, Verdict, judge
-from extender.requests import ContainerSpec, PodRequest, pod_request
-from neuronalloc import CATALOG, Resource, Topology, check_block, resolve_topology
+from neuronalloc import (
+    CATALOG,
+    Free,
+    Refusal,
+    Resource,
+    Topology,
+    allocate,
+    block_fit_score,
+    check_block,
+    resolve_topology,
+)
 from neuronalloc.blocks import free_blocks
 
 CLUSTER = (
@@ -58,15 +67,6 @@ class Pod:
     run: float
     resource: Resource
     size: int
-
-    @property
-    def request(self) -> PodRequest:
-        return _request(self.resource, self.size)
-
-
-@cache
-def _request(resource: Resource, size: int) -> PodRequest:
-    return pod_request((ContainerSpec("main", {resource.value: str(size)}, {}),), ())
 
 
 @dataclass
@@ -128,23 +128,28 @@ def make_trace(seed: int, pods: int, load: float) -> list[Pod]:
 
 
 @lru_cache(maxsize=200_000)
-def _judge(topo: Topology, free: Free, request: PodRequest) -> Verdict:
-    return judge(topo, free, request)
+def _placement(topo: Topology, free: Free, resource: Resource, size: int) -> tuple[int, tuple[int, ...]] | None:
+    """(score, block) as the extender judges a one-container pod: the plugin's allocator chooses the block,
+    `block_fit_score` scores it. None: no block here now."""
+    chosen = allocate(topo, resource, free.of(resource), size)
+    if isinstance(chosen, Refusal):
+        return None
+    return block_fit_score(topo, resource, free.of(resource), chosen), chosen
 
 
 def ours(nodes: list[Node], pod: Pod, rng: random.Random) -> tuple[int, tuple[int, ...]] | None:
-    best: list[tuple[int, Verdict]] = []
+    best: list[tuple[int, tuple[int, ...]]] = []
+    best_score = 0
     for i, node in enumerate(nodes):
-        verdict = _judge(node.topo, node.free, pod.request)
-        if verdict.fits:
-            if best and verdict.score > best[0][1].score:
-                best = []
-            if not best or verdict.score == best[0][1].score:
-                best.append((i, verdict))
-    if not best:
-        return None
-    i, verdict = rng.choice(best)
-    return i, verdict.blocks[0][1]
+        placed = _placement(node.topo, node.free, pod.resource, pod.size)
+        if placed is None:
+            continue
+        score, block = placed
+        if score > best_score:
+            best, best_score = [], score
+        if score == best_score:
+            best.append((i, block))
+    return rng.choice(best) if best else None
 
 
 def first_fit(nodes: list[Node], pod: Pod, rng: random.Random) -> tuple[int, tuple[int, ...]] | None:
@@ -222,14 +227,7 @@ def replay(trace: list[Pod], policy: Policy, seed: int, *, check_runtime: bool) 
         node = nodes[node_index]
         before = node.devices_equivalent_used()
         pod = trace[index]
-        ids = frozenset(block)
-        if pod.resource.whole_devices:
-            node.free = Free(node.free.devices | ids, node.free.cores | node.topo.cores_of_devices(ids))
-        else:
-            cores = node.free.cores | ids
-            whole = frozenset(d for d in node.topo.devices_of_cores(ids)
-                              if all(c in cores for c in node.topo.cores_of_device(d)))  # fmt: skip
-            node.free = Free(node.free.devices | whole, cores)
+        node.free = node.free.release(node.topo, pod.resource, block)
         used += node.devices_equivalent_used() - before
         queue = [p for p in queue if now - p.arrival <= PATIENCE]
         queue = [p for p in queue if not start(p)]

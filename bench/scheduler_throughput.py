@@ -96,6 +96,7 @@ from neuronalloc import (
     check_block,
     encode_node_state,
     free_sets,
+    hardware_of,
     resolve_topology,
 )
 from tests.cluster.harness import (
@@ -533,12 +534,8 @@ def check_plan(nodes: dict[str, BenchNode], docs: Sequence[Any], order: dict[str
             for resource, block in verdict.blocks:
                 if check_block(topo, resource, block) is not None:
                     result.not_a_block += 1
-                if resource is NEURON:
-                    cores = topo.cores_of_devices(block)
-                    clash = not set(block) <= state.free_devices or bool(cores & taken)
-                else:
-                    cores = frozenset(block)
-                    clash = bool(cores & taken)
+                cores = hardware_of(topo, resource, block).cores
+                clash = bool(cores & taken) or (resource.whole_devices and not set(block) <= state.free_devices)
                 result.overlap += clash
                 taken |= cores
     return result

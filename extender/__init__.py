@@ -1,6 +1,6 @@
 """neuron-contig scheduler extender: filter, prioritize and bind for contiguous Neuron blocks.
 
-Layers, each one job: `wire` (JSON in and out, pure), `requests` (a pod's needs per container, pure), `fit`
+Layers, each one job: `wire` (JSON in and out, pure; a pod's needs per container by `neuronalloc.requests`), `fit`
 (verdict and score for one node, pure, using the plugin's allocator), `answers` (memoised replies), `cache` (the
 cluster as watches report it, plus this replica's claims), `verdicts` (what filter, prioritize and bind conclude
 from it: the memo and its warmer), `kube` (the API server client and reflectors),

@@ -83,7 +83,9 @@ def _failed(kind: str, err: Exception) -> None:
         log.exception("cache.object_failed", kind=kind, error=repr(err)[:300], suppressed=suppressed)
 
 
-_VALID_TIME = "<valid>"  # stands for any well-formed observed-at in a state key; no timestamp reads like it
+# In a state key, any well-formed observed-at reads as _VALID_TIME and a garbled one as "!" + its text, which
+# can never equal _VALID_TIME (a garbled value may be the text "<valid>" itself).
+_VALID_TIME = "<valid>"
 
 
 def state_key(annotations: Mapping[str, str]) -> StateKey:
@@ -95,7 +97,7 @@ def state_key(annotations: Mapping[str, str]) -> StateKey:
     items = [(k, v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX) and k != OBSERVED_AT]
     observed = annotations.get(OBSERVED_AT)
     if observed is not None:
-        items.append((OBSERVED_AT, _VALID_TIME if _well_formed_time(observed) else observed))
+        items.append((OBSERVED_AT, _VALID_TIME if _well_formed_time(observed) else "!" + observed))
     return tuple(sorted(items))
 
 

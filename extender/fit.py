@@ -34,8 +34,8 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal
 
-from extender.requests import PodRequest, Shape, Step
 from neuronalloc import (
+    Free,
     NodeState,
     Refusal,
     Resource,
@@ -46,13 +46,13 @@ from neuronalloc import (
     free_blocks,
     is_aligned,
 )
+from neuronalloc.requests import PodRequest, RequestShape, Step
 
 UNHEALTHY_NOTE = "some devices unhealthy: see the node condition NeuronDevicesHealthy"
 
 __all__ = [
     "FITS",
     "MAX_ORDERS",
-    "Free",
     "FreeStates",
     "PendingPod",
     "Verdict",
@@ -68,33 +68,6 @@ __all__ = [
 ]
 
 VerdictKind = Literal["fit", "no_block", "unresolvable", "unknown", "not_serving"]
-
-
-@dataclass(frozen=True, slots=True)
-class Free:
-    """What a node has free, as whole devices and as cores (the shared-hardware rule keeps them consistent)."""
-
-    devices: frozenset[int]
-    cores: frozenset[int]
-
-    def __hash__(self) -> int:
-        # Both frozensets cache their own hash; this is a memo key on every judged verdict.
-        return hash((self.devices, self.cores))
-
-    @classmethod
-    def everything(cls, topo: Topology) -> Free:
-        return cls(frozenset(range(topo.device_count)), frozenset(range(topo.core_count)))
-
-    def of(self, resource: Resource) -> frozenset[int]:
-        return self.devices if resource.whole_devices else self.cores
-
-    def take(self, topo: Topology, resource: Resource, block: Iterable[int]) -> Free:
-        """The free sets after `block` is held: a held device frees none of its cores, a held core makes its
-        device no longer free as a whole device."""
-        ids = frozenset(block)
-        if resource.whole_devices:
-            return Free(self.devices - ids, self.cores - topo.cores_of_devices(ids))
-        return Free(self.devices - topo.devices_of_cores(ids), self.cores - ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +122,7 @@ class _Failed:
 _RESOURCES = {r.value: r for r in Resource}
 
 
-def _place(topo: Topology, free: Free, shape: Shape) -> _Placed | _Failed:
+def _place(topo: Topology, free: Free, shape: RequestShape) -> _Placed | _Failed:
     """Place each step in order with the plugin's allocator; a kept block leaves the free sets."""
     placed: list[tuple[Step, tuple[int, ...], Free]] = []
     for index, step in enumerate(shape):
@@ -176,7 +149,7 @@ class _ShapeVerdict:
 
 
 @lru_cache(maxsize=4096)
-def _unresolvable(topo: Topology, shape: Shape) -> _ShapeVerdict | None:
+def _unresolvable(topo: Topology, shape: RequestShape) -> _ShapeVerdict | None:
     """Why the shape could never be placed on this topology, even with everything free and healthy."""
     impossible = _place(topo, Free.everything(topo), shape)
     if not isinstance(impossible, _Failed):
@@ -199,7 +172,7 @@ def _unresolvable(topo: Topology, shape: Shape) -> _ShapeVerdict | None:
 
 
 @lru_cache(maxsize=100_000)
-def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+def _check_shape(topo: Topology, free: Free, shape: RequestShape) -> _ShapeVerdict:
     """Fit or not, unscored. A single block fits exactly when the rule has a block inside the free set (the
     allocator chooses among those very blocks), which is far cheaper than ranking them; several blocks are
     placed one by one with the allocator, since each choice changes what the next one finds."""
@@ -221,7 +194,7 @@ def _check_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
 
 
 @lru_cache(maxsize=100_000)
-def _score_shape(topo: Topology, free: Free, shape: Shape) -> _ShapeVerdict:
+def _score_shape(topo: Topology, free: Free, shape: RequestShape) -> _ShapeVerdict:
     """The full verdict: the allocator's blocks and the size-weighted `fit_score` of each. The placement itself
     tells fit from no fit (a failed step is what `_check_shape` reports too), so it runs once."""
     impossible = _unresolvable(topo, shape)
@@ -283,7 +256,7 @@ FreeStates = tuple[Free, ...] | None
 
 
 @lru_cache(maxsize=65_536)
-def _admit(topo: Topology, free: Free, kept: Shape) -> Free:
+def _admit(topo: Topology, free: Free, kept: RequestShape) -> Free:
     """The free sets after kubelet admits a pod whose kept blocks are `kept`; a pod whose block cannot be
     predicted takes nothing (the node will refuse it at admission)."""
     result = _place(topo, free, kept)

@@ -107,9 +107,6 @@ class KubeApi:
             return self._api.list_node(**options)
         return self._api.list_pod_for_all_namespaces(field_selector=_ACTIVE_BOUND_PODS, **options)
 
-    def get_node(self, name: str) -> Any:
-        return self._json(self._api.read_node(name, _preload_content=False, _request_timeout=self._timeout))
-
     def get_pod(self, namespace: str, name: str, *, timeout: float | None = None) -> Any:
         return self._json(
             self._api.read_namespaced_pod(
@@ -120,14 +117,6 @@ class KubeApi:
     def _seconds_pair(self, timeout: float | None) -> tuple[float, float]:
         seconds = self._seconds if timeout is None else max(0.05, timeout)
         return (seconds, seconds)
-
-    def pods_on_node(self, node: str) -> list[Any]:
-        response = self._api.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={node},{_UNFINISHED}",
-            _preload_content=False,
-            _request_timeout=self._timeout,
-        )
-        return list(self._json(response).get("items") or ())
 
     def bind(self, namespace: str, name: str, uid: str, node: str, *, timeout: float | None = None) -> None:
         """POST pods/{name}/binding, as kube-scheduler's default binder does (with the UID as a precondition).

@@ -20,8 +20,6 @@ __all__ = [
     "RESULTS",
     "VERBS",
     "ExtenderMetrics",
-    "RejectReason",
-    "Result",
 ]
 
 VERBS = ("filter", "prioritize", "bind")
@@ -32,8 +30,6 @@ BIND_REASONS = (
     "forward_error",
 )  # fmt: skip
 RESULTS = ("ok", "bad_request", "error")
-Result = str  # one of RESULTS
-RejectReason = str  # no_block | unresolvable | unknown_node | not_serving
 REJECT_REASONS = ("no_block", "unresolvable", "unknown_node", "not_serving")
 # Refused before any handler ran: the body cap, the in-flight memory budget, the connection cap, header / body
 # timeouts, an oversized head, a failed TLS handshake, a failed accept.
@@ -125,11 +121,11 @@ class ExtenderMetrics:
             self.pods_unschedulable.labels(resource.short)
         self._unschedulable: dict[str, frozenset[str]] = {}
 
-    def observe(self, verb: str, result: Result, elapsed: float) -> None:
+    def observe(self, verb: str, result: str, elapsed: float) -> None:
         self.request_duration.labels(verb).observe(elapsed)
         self.requests.labels(verb, result).inc()
 
-    def rejected(self, reason: RejectReason, count: int = 1) -> None:
+    def rejected(self, reason: str, count: int = 1) -> None:
         if count:
             self.nodes_rejected.labels(reason).inc(count)
 

@@ -1,133 +1,13 @@
-"""What a pod asks of a node: its Neuron needs, container by container, in the order kubelet allocates them.
+"""What a pod asks of a node: the rule lives in `neuronalloc.requests`, shared with `kubectl neuron`.
 
-Kubelet's device manager allocates per container: init containers first, in order, then app containers.
-A sidecar (an init container with `restartPolicy: Always`) keeps its devices for the pod's life, like an app
-container. A regular init container runs alone, after the sidecars declared before it, and its devices are
-handed back before the app containers start. That is Kubernetes' effective-request rule, kept container by
-container so the extender can place each block exactly as the node will.
+A re-export for extender/cache.py, which names the request's shape `Shape` (`neuronalloc.requests.RequestShape`);
+new code imports from `neuronalloc.requests`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from neuronalloc.requests import PodRequest, RequestShape
 
-from neuronalloc import Resource
-from neuronalloc.text import quote
+Shape = RequestShape
 
-__all__ = [
-    "MAX_CONTAINER_SIZE",
-    "ContainerSpec",
-    "Need",
-    "PodRequest",
-    "RequestError",
-    "Shape",
-    "Step",
-    "pod_request",
-]
-
-# A bigger number than any Neuron node has by two orders of magnitude: beyond it a request is garbage, not a
-# request that merely does not fit, and it is refused as bad input before it reaches the allocator.
-MAX_CONTAINER_SIZE = 4096
-
-# One block to place: (resource name, size, kept for the pod's life). A pod's shape is its steps in order.
-# Plain strings, not the Resource enum: shapes are hashed on every filter lookup, and Enum.__hash__ is slow.
-Step = tuple[str, int, bool]
-Shape = tuple[Step, ...]
-
-# neurondevice: the whole-device alias AWS's older plugin served; placed exactly as neuron.
-_NEURON_RESOURCES: tuple[Resource, ...] = (Resource.NEURON, Resource.NEURONCORE, Resource.NEURONDEVICE)
-
-
-class RequestError(ValueError):
-    """A container's Neuron quantity is not a whole number in range; the message names the container."""
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    """The parts of a container spec that decide its Neuron needs (strings exactly as the API gives them)."""
-
-    name: str
-    limits: Mapping[str, str]
-    requests: Mapping[str, str]
-    sidecar: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """One block one container needs. `keeps` is False for a regular init container: it needs the block
-    free when it runs, then hands it back."""
-
-    container: str
-    resource: Resource
-    size: int
-    keeps: bool = True
-
-    @property
-    def shape(self) -> Step:
-        return (self.resource.value, self.size, self.keeps)
-
-
-@dataclass(frozen=True, slots=True)
-class PodRequest:
-    """Every block a pod needs, in kubelet's allocation order. Empty = the pod asks for no Neuron resource."""
-
-    needs: tuple[Need, ...]
-    # A hashable key: two pods with the same shape fit (and score) the same on the same node state.
-    shape: Shape = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(need.shape for need in self.needs))
-
-    def total(self, resource: Resource) -> int:
-        """What the pod holds for its life (kept blocks only)."""
-        return sum(n.size for n in self.needs if n.resource is resource and n.keeps)
-
-    @property
-    def empty(self) -> bool:
-        return not self.needs
-
-
-_MAX_DIGITS = len(str(MAX_CONTAINER_SIZE))
-
-
-def _quantity(container: str, resource: Resource, raw: str) -> int:
-    # Extended resources are whole numbers; the API server stores them canonically ("4"), so anything else
-    # ("1.5", "4k", "-2") is a malformed request, not a size.
-    if not raw.isascii() or not raw.isdigit():
-        raise RequestError(
-            f"container {quote(container, 80)}: {resource.value} quantity {quote(raw, 40)} is not a whole number "
-            f"of {'devices' if resource.whole_devices else 'cores'}"
-        )
-    # Count digits before int(): a 5,000-digit string is garbage, and int() would raise its own ValueError.
-    digits = raw.lstrip("0") or "0"
-    if len(digits) > _MAX_DIGITS or int(digits) > MAX_CONTAINER_SIZE:
-        raise RequestError(
-            f"container {quote(container, 80)}: {resource.value} quantity {quote(raw, 40)} is above "
-            f"{MAX_CONTAINER_SIZE}, which no node can hold"
-        )
-    return int(digits)
-
-
-def _container_needs(spec: ContainerSpec, keeps: bool) -> list[Need]:
-    needs = []
-    for resource in _NEURON_RESOURCES:
-        # Kubelet allocates devices for what is in limits; for extended resources requests must equal limits,
-        # and a request alone is defaulted into limits by the API server. Limits first, else requests.
-        raw = spec.limits.get(resource.value, spec.requests.get(resource.value))
-        if raw is None:
-            continue
-        size = _quantity(spec.name, resource, raw)
-        if size > 0:
-            needs.append(Need(spec.name, resource, size, keeps))
-    return needs
-
-
-def pod_request(containers: tuple[ContainerSpec, ...], init_containers: tuple[ContainerSpec, ...]) -> PodRequest:
-    """The pod's needs in kubelet's allocation order. Raises RequestError on a malformed quantity."""
-    needs: list[Need] = []
-    for spec in init_containers:
-        needs.extend(_container_needs(spec, keeps=spec.sidecar))
-    for spec in containers:
-        needs.extend(_container_needs(spec, keeps=True))
-    return PodRequest(tuple(needs))
+__all__ = ["PodRequest", "Shape"]

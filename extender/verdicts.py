@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 from extender.answers import FilterAnswer, FilterMemo, ScoreMemo, example_of
 from extender.cache import ClusterStore, StateKey, state_key
 from extender.fit import FreeStates, Verdict, judge_node, judge_node_states, node_free_states, not_serving, unknown
-from extender.requests import PodRequest, Shape
 from extender.wire import ExtenderArgs, NodeInfo, PodInfo, encode_priorities
 from neuronalloc import NodeState
+from neuronalloc.requests import PodRequest, RequestShape
 
 __all__ = ["Verdicts"]
 
@@ -71,16 +71,16 @@ class Verdicts:
 
     def __init__(self, store: ClusterStore) -> None:
         self.store = store
-        self._request_memo: dict[tuple[StateKey, int, Shape, bool], Verdict] = {}
+        self._request_memo: dict[tuple[StateKey, int, RequestShape, bool], Verdict] = {}
         # Per node: the free sets its pending pods leave (`extender.fit.node_free_states`), until it changes.
         self._free: dict[str, FreeStates] = {}
         # Per request shape, its verdicts by node (most recently admitted last); a node's are dropped from every
         # shape in one place (`_changed`).
-        self._memos: dict[Shape, _ShapeMemos] = {}
+        self._memos: dict[RequestShape, _ShapeMemos] = {}
         self._requests = 0  # filter and prioritize requests answered from the memo, for use counts and aging
         # The warmer's work: nodes whose verdicts changed (every shape), shapes new to the memo (every node).
         self._dirty: dict[str, None] = {}
-        self._cold: dict[Shape, Iterator[str]] = {}
+        self._cold: dict[RequestShape, Iterator[str]] = {}
         self._wake = asyncio.Event()
         self._in_flight = 0
         self._idle = asyncio.Event()

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from extender.requests import ContainerSpec, PodRequest, RequestError, pod_request
+from neuronalloc.requests import ContainerSpec, PodRequest, RequestError, is_sidecar, pod_request
 from neuronalloc.text import MAX_MESSAGE, shorten
 
 __all__ = [
@@ -179,7 +179,7 @@ def _containers(value: Any, path: str, *, init: bool) -> tuple[ContainerSpec, ..
                 name=_string(container.get("name"), f"{where}.name", default=f"#{i}"),
                 limits=_quantities(resources.get("limits"), f"{where}.resources.limits"),
                 requests=_quantities(resources.get("requests"), f"{where}.resources.requests"),
-                sidecar=init and container.get("restartPolicy") == "Always",
+                sidecar=is_sidecar(init, container.get("restartPolicy")),
             )
         )
     return tuple(specs)

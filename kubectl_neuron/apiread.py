@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
+
+from neuronalloc.draslices import DRIVER as DRA_DRIVER
 
 PAGE_SIZE = 500
 PENDING_SELECTOR = "status.phase=Pending,spec.nodeName="
@@ -34,6 +36,8 @@ class Snapshot:
     pending_pods: list[Obj]
     events: list[Obj]
     warnings: tuple[str, ...] = ()
+    resource_slices: list[Obj] = field(default_factory=list)  # DRA mode: our driver's slices
+    resource_claims: list[Obj] = field(default_factory=list)  # DRA mode: every ResourceClaim (allocations)
 
 
 def _list_all(what: str, call: Callable[..., Any], timeout: float, **kwargs: Any) -> list[Obj]:
@@ -82,4 +86,24 @@ def read_snapshot(api: client.ApiClient, *, node_selector: str = "", timeout: fl
             )
         except ClusterReadError as err:
             warnings.append(f"{err}; showing PodScheduled conditions instead")
-    return Snapshot(nodes=nodes, pending_pods=pending, events=events, warnings=tuple(warnings))
+    slices, claims = _dra_objects(api, timeout, warnings)
+    return Snapshot(
+        nodes=nodes, pending_pods=pending, events=events, warnings=tuple(warnings),
+        resource_slices=slices, resource_claims=claims,
+    )  # fmt: skip
+
+
+def _dra_objects(api: client.ApiClient, timeout: float, warnings: list[str]) -> tuple[list[Obj], list[Obj]]:
+    """DRA mode's slices (of our driver) and claims; none on a cluster that does not serve resource.k8s.io/v1.
+    The claims are read only when some slice exists: a device-plugin-only cluster pays one call."""
+    resource = client.ResourceV1Api(api)
+    try:
+        slices = _list_all(
+            "resourceslices", resource.list_resource_slice, timeout, field_selector=f"spec.driver={DRA_DRIVER}"
+        )
+        claims = _list_all("resourceclaims", resource.list_resource_claim_for_all_namespaces, timeout) if slices else []
+    except ClusterReadError as err:
+        if "HTTP 404" not in str(err):
+            warnings.append(f"{err}; DRA nodes are not shown")
+        return [], []
+    return slices, claims

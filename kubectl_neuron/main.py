@@ -9,6 +9,7 @@ server (nodes, Pending pods, FailedScheduling events) with the caller's kubeconf
     kubectl neuron -o json              # everything, for scripts
     kubectl neuron --node ip-10-0-1-7   # only these nodes (repeatable)
     kubectl neuron -l eks.amazonaws.com/nodegroup=inf2
+    kubectl neuron --scheduler-name my-neuron-scheduler   # an install whose chart renamed the scheduler
 
 Exit status: 0 shown, 1 the API server could not be read, 2 bad arguments.
 """
@@ -28,7 +29,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from kubectl_neuron.apiread import ClusterReadError, read_snapshot
 from kubectl_neuron.render import render_json, render_table
-from kubectl_neuron.view import build_view
+from kubectl_neuron.view import DEFAULT_SCHEDULER_NAME, build_view
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -42,6 +43,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG", ""), help="default: $KUBECONFIG")
     parser.add_argument("--context", default=None, help="kubeconfig context (default: current)")
     parser.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS")
+    parser.add_argument(
+        "--scheduler-name",
+        default=DEFAULT_SCHEDULER_NAME,
+        metavar="NAME",
+        help="the install's scheduler (the chart's schedulerName); Pending pods of other schedulers get a warning",
+    )
     return parser.parse_args(argv)
 
 
@@ -79,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             print(f"error: no such node: {', '.join(sorted(missing))}", file=sys.stderr)
             return 1
-    view = build_view(nodes, snapshot.pending_pods, snapshot.events, datetime.now(UTC))
+    view = build_view(
+        nodes, snapshot.pending_pods, snapshot.events, datetime.now(UTC), args.scheduler_name,
+        resource_slices=snapshot.resource_slices, resource_claims=snapshot.resource_claims,
+    )  # fmt: skip
     view = replace(view, warnings=snapshot.warnings)
     if args.output == "json":
         sys.stdout.write(render_json(view))

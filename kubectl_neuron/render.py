@@ -1,4 +1,4 @@
-"""Text and JSON renderings of a ClusterView.
+"""Text and JSON renderings of a ClusterReport.
 
 The table is one line per node, so that 100 nodes fit one screen's scroll: the device map is one glyph per
 device, grouped by four (a trn row). `wide` adds which pod each map letter stands for. JSON carries
@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from kubectl_neuron.view import ClusterView, DeviceCell, DeviceStatus, NodeView, PendingPod
+from kubectl_neuron.view import ClusterReport, DeviceCell, DeviceStatus, NodeReport, PendingReport
 from neuronalloc import encode_ranges
+from neuronalloc.draslices import UNHEALTHY_TAINT
 from neuronalloc.nodestate import format_time
 
 FREE_GLYPH = "."
@@ -30,7 +31,7 @@ LEGEND = (
 )
 
 
-def pod_letters(node: NodeView) -> dict[str, str]:
+def pod_letters(node: NodeReport) -> dict[str, str]:
     """A letter per holder pod, in the order of the first device it holds (stable for a given state)."""
     letters: dict[str, str] = {}
     for cell in node.devices:
@@ -54,7 +55,7 @@ def _glyph(cell: DeviceCell, letters: dict[str, str]) -> str:
     return letter.lower() if cell.status is DeviceStatus.CORES else letter
 
 
-def device_map(node: NodeView) -> str:
+def device_map(node: NodeReport) -> str:
     letters = pod_letters(node)
     glyphs = "".join(_glyph(cell, letters) for cell in node.devices)
     return " ".join(glyphs[i : i + 4] for i in range(0, len(glyphs), 4))
@@ -70,7 +71,7 @@ def _age(seconds: float | None) -> str:
     return f"{whole}s"
 
 
-def _status(node: NodeView) -> str:
+def _status(node: NodeReport) -> str:
     flags = []
     if not node.ready:
         flags.append("NotReady")
@@ -86,6 +87,8 @@ def _status(node: NodeView) -> str:
         flags.append("HwUnwatched")  # devices present, but hardware errors are not seen (the message says why)
     if not node.topology_known and not node.error:
         flags.append("Fallback")
+    if node.mode == "dra":
+        flags.append("DRA")
     return ",".join(flags) or "OK"
 
 
@@ -94,7 +97,7 @@ def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-def _node_row(node: NodeView) -> list[str]:
+def _node_row(node: NodeReport) -> list[str]:
     if node.error:
         return [node.name, node.instance_type or "-", "-", "-", "-", "-", "-", _status(node), node.error]
     total_cores = node.device_count * node.cores_per_device
@@ -111,11 +114,11 @@ def _node_row(node: NodeView) -> list[str]:
     ]
 
 
-def _holders(node: NodeView) -> str:
+def _holders(node: NodeReport) -> str:
     return " ".join(f"{letter}={pod}" for pod, letter in pod_letters(node).items())
 
 
-def _summary(view: ClusterView) -> str:
+def _summary(view: ClusterReport) -> str:
     mapped = [n for n in view.nodes if not n.error]
     devices = sum(n.device_count for n in mapped)
     free = sum(len(n.free_devices) for n in mapped)
@@ -134,11 +137,11 @@ def _summary(view: ClusterView) -> str:
     return "; ".join(parts)
 
 
-def _requests(pod: PendingPod) -> str:
+def _requests(pod: PendingReport) -> str:
     return ",".join(f"{short}={count}" for short, count in sorted(pod.requests.items()))
 
 
-def _pending_rows(view: ClusterView, wide: bool, width: int) -> list[str]:
+def _pending_rows(view: ClusterReport, wide: bool, width: int) -> list[str]:
     header = ["POD", "WANTS", "SCHEDULER", "WAITING", "REASON", "MESSAGE"]
     rows = [header]
     for pod in view.pending:
@@ -151,7 +154,13 @@ def _pending_rows(view: ClusterView, wide: bool, width: int) -> list[str]:
     return lines
 
 
-def _health_rows(view: ClusterView, wide: bool, width: int, now: datetime) -> list[str]:
+def _no_condition(node: NodeReport) -> str:
+    if node.mode == "dra":  # the DRA driver writes no node condition: its slices' taints are the record
+        return f"DRA node: blocks on these devices carry the {UNHEALTHY_TAINT} taint"
+    return "no NeuronDevicesHealthy condition on the node (plugin not running here?)"
+
+
+def _health_rows(view: ClusterReport, wide: bool, width: int, now: datetime) -> list[str]:
     """Why devices are withdrawn (or errors unseen), per node: the plugin's NeuronDevicesHealthy condition."""
     header = ["NODE", "UNHEALTHY", "CONDITION", "SINCE", "MESSAGE"]
     rows = [header]
@@ -165,7 +174,7 @@ def _health_rows(view: ClusterView, wide: bool, width: int, now: datetime) -> li
             encode_ranges(node.unhealthy_devices) or "-",
             f"{health.status} {health.reason}" if health else "-",
             since,
-            health.message if health else "no NeuronDevicesHealthy condition on the node (plugin not running here?)",
+            health.message if health else _no_condition(node),
         ])  # fmt: skip
     if len(rows) == 1:
         return []
@@ -175,7 +184,7 @@ def _health_rows(view: ClusterView, wide: bool, width: int, now: datetime) -> li
     return lines
 
 
-def render_table(view: ClusterView, *, wide: bool = False, width: int = 200) -> str:
+def render_table(view: ClusterReport, *, wide: bool = False, width: int = 200) -> str:
     header = ["NODE", "INSTANCE", "FREE DEV", "LARGEST", "FREE CORES", "LARGEST", "AGE", "STATUS", "MAP"]
     if wide:
         header.append("HOLDERS")
@@ -204,7 +213,7 @@ def _time(moment: datetime | None) -> str | None:
     return format_time(moment) if moment else None  # the annotations' own format
 
 
-def _health_json(node: NodeView) -> dict[str, Any] | None:
+def _health_json(node: NodeReport) -> dict[str, Any] | None:
     if node.health is None:
         return None
     return {
@@ -215,13 +224,14 @@ def _health_json(node: NodeView) -> dict[str, Any] | None:
     }
 
 
-def node_json(node: NodeView) -> dict[str, Any]:
+def node_json(node: NodeReport) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": node.name,
         "instanceType": node.instance_type,
         "ready": node.ready,
         "schedulable": node.schedulable,
         "status": _status(node),
+        "mode": node.mode,
         "healthCondition": _health_json(node),
     }
     if node.error:
@@ -249,7 +259,7 @@ def node_json(node: NodeView) -> dict[str, Any]:
     return doc
 
 
-def pending_json(pod: PendingPod) -> dict[str, Any]:
+def pending_json(pod: PendingReport) -> dict[str, Any]:
     return {
         "namespace": pod.namespace,
         "name": pod.name,
@@ -262,7 +272,7 @@ def pending_json(pod: PendingPod) -> dict[str, Any]:
     }
 
 
-def render_json(view: ClusterView) -> str:
+def render_json(view: ClusterReport) -> str:
     doc = {
         "takenAt": _time(view.taken_at),
         "nodes": [node_json(n) for n in view.nodes],

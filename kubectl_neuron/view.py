@@ -15,27 +15,31 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from kubectl_neuron.dra import DraStateError, dra_node_state, dra_slices_by_node
 from neuronalloc import (
     ANNOTATION_PREFIX,
+    INSTANCE_TYPE_LABEL,
     NodeState,
     NodeStateError,
     Resource,
     decode_node_state,
+    hardware_in_use,
     largest_free_block,
     lookup_instance_type,
 )
+from neuronalloc.requests import RequestError, pod_request_from_spec
 from neuronalloc.text import shorten
 
 Obj = Mapping[str, Any]
 
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
-NEURON_SCHEDULER = "neuron-contig-scheduler"
+DEFAULT_SCHEDULER_NAME = "neuron-contig-scheduler"  # the chart's schedulerName (and the extender's) default
 HEALTH_CONDITION = "NeuronDevicesHealthy"  # set by the device plugin (plugin/condition.py)
 ALL_HEALTHY = "AllDevicesHealthy"
 MAX_CONDITION_MESSAGE = 1024  # what the plugin writes at most; longer (not ours) is cut
 MAX_CONDITION_REASON = 128
 # The plugin republishes on every PodResources change; a state this old means the plugin is not publishing.
 STALE_AFTER_SECONDS = 600.0
+INVALID_REQUEST = "InvalidRequest"  # a Pending pod whose Neuron quantity is malformed
 
 
 class DeviceStatus(StrEnum):
@@ -69,7 +73,7 @@ class HealthCondition:
 
 
 @dataclass(frozen=True)
-class NodeView:
+class NodeReport:
     name: str
     instance_type: str | None
     ready: bool
@@ -87,6 +91,7 @@ class NodeView:
     pods: tuple[str, ...] = ()
     observed_at: datetime | None = None
     age_seconds: float | None = None
+    mode: str = "device-plugin"  # or "dra": the state comes from ResourceSlices and claims, not annotations
     health: HealthCondition | None = None  # None: the node has no NeuronDevicesHealthy condition
 
     @property
@@ -100,7 +105,7 @@ class NodeView:
 
 
 @dataclass(frozen=True)
-class PendingPod:
+class PendingReport:
     namespace: str
     name: str
     scheduler_name: str
@@ -116,9 +121,9 @@ class PendingPod:
 
 
 @dataclass(frozen=True)
-class ClusterView:
-    nodes: tuple[NodeView, ...]
-    pending: tuple[PendingPod, ...]
+class ClusterReport:
+    nodes: tuple[NodeReport, ...]
+    pending: tuple[PendingReport, ...]
     taken_at: datetime
     warnings: tuple[str, ...] = field(default=())
 
@@ -163,43 +168,29 @@ def _health(node: Obj) -> HealthCondition | None:
 
 def _device_cells(state: NodeState) -> tuple[DeviceCell, ...]:
     topo = state.topology
+    # Which devices each pod's holding ties up, by the core's shared-hardware rule.
+    covered = {key: hardware_in_use(topo, held.devices, held.cores).devices for key, held in state.pods.items()}
     cells = []
     for device in range(topo.device_count):
-        cores = set(topo.cores_of_device(device))
-        whole = [key for key, held in state.pods.items() if device in held.devices]
-        by_core = [key for key, held in state.pods.items() if held.cores & cores]
+        holders = tuple(sorted(key for key, devices in covered.items() if device in devices))
         if device in state.unhealthy_devices:
             status = DeviceStatus.UNHEALTHY
-        elif whole:
+        elif any(device in state.pods[key].devices for key in holders):
             status = DeviceStatus.WHOLE
-        elif by_core:
+        elif holders:
             status = DeviceStatus.CORES
         elif device in state.free_devices:
             status = DeviceStatus.FREE
         else:
             status = DeviceStatus.UNACCOUNTED
-        cells.append(DeviceCell(device, status, tuple(sorted(whole + by_core)), len(cores & state.free_cores)))
+        free_cores = sum(1 for core in topo.cores_of_device(device) if core in state.free_cores)
+        cells.append(DeviceCell(device, status, holders, free_cores))
     return tuple(cells)
 
 
-def build_node(node: Obj, now: datetime) -> NodeView:
-    meta = node.get("metadata", {})
-    labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
-    ready_cond = _condition(node, "Ready")
-    base = NodeView(
-        name=str(meta.get("name", "")),
-        instance_type=labels.get(INSTANCE_TYPE_LABEL),
-        ready=bool(ready_cond and ready_cond.get("status") == "True"),
-        schedulable=not (node.get("spec") or {}).get("unschedulable", False),
-        health=_health(node),
-    )
-    if not _published(annotations):
-        return replace(base, error="no neuron-contig.io/ annotations: is the device plugin running here?")
-    try:
-        state = decode_node_state(annotations)
-    except NodeStateError as err:
-        return replace(base, error=f"unreadable node state: {err}")
+def with_state(base: NodeReport, state: NodeState, now: datetime) -> NodeReport:
+    """`base` with the device map and free blocks of the state the plugin published (or, on a DRA node, the
+    state read from its ResourceSlices and claims)."""
     topo = state.topology
     return replace(
         base,
@@ -219,33 +210,44 @@ def build_node(node: Obj, now: datetime) -> NodeView:
     )
 
 
+def build_node(node: Obj, now: datetime, dra: DraInputs | None = None) -> NodeReport:
+    meta = node.get("metadata", {})
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    ready_cond = _condition(node, "Ready")
+    base = NodeReport(
+        name=str(meta.get("name", "")),
+        instance_type=labels.get(INSTANCE_TYPE_LABEL),
+        ready=bool(ready_cond and ready_cond.get("status") == "True"),
+        schedulable=not (node.get("spec") or {}).get("unschedulable", False),
+        health=_health(node),
+    )
+    slices = dra.slices.get(base.name) if dra is not None else None
+    if not _published(annotations) and slices and dra is not None:
+        try:
+            state = dra_node_state(base.name, slices, dra.claims, now)
+        except DraStateError as err:
+            return replace(base, error=f"unreadable DRA state: {err}", mode="dra")
+        return with_state(replace(base, mode="dra"), state, now)
+    if not _published(annotations):
+        return replace(base, error="no neuron-contig.io/ annotations: is the device plugin running here?")
+    try:
+        state = decode_node_state(annotations)
+    except NodeStateError as err:
+        return replace(base, error=f"unreadable node state: {err}")
+    return with_state(base, state, now)
+
+
 # ---- pending pods -------------------------------------------------------------------------------------
 
 
-def _quantity(value: Any) -> int:
-    """Extended resources are whole numbers; anything else counts as 0 rather than guessing."""
-    text = str(value)
-    return int(text) if text.isdigit() else 0
-
-
-def _container_requests(container: Obj) -> dict[str, int]:
-    resources = container.get("resources") or {}
-    # Extended resources must have limits == requests when both are set; limits alone imply requests.
-    merged = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
-    return {r.short: _quantity(merged[r.value]) for r in Resource if r.value in merged}
-
-
 def neuron_requests(pod: Obj) -> dict[str, int]:
-    """What the pod needs of each Neuron resource: max(sum of app containers, largest init container)."""
-    spec = pod.get("spec") or {}
-    total: dict[str, int] = {}
-    for container in spec.get("containers") or []:
-        for short, count in _container_requests(container).items():
-            total[short] = total.get(short, 0) + count
-    for container in spec.get("initContainers") or []:
-        for short, count in _container_requests(container).items():
-            total[short] = max(total.get(short, 0), count)
-    return {short: count for short, count in total.items() if count > 0}
+    """What the pod holds at its busiest of each Neuron resource, by the extender's own rule
+    (`neuronalloc.requests`: sidecars kept for the pod's life, a regular init container beside the sidecars
+    before it). Raises RequestError on a malformed quantity, which the extender refuses too."""
+    request = pod_request_from_spec(pod.get("spec"))
+    peaks = {r.short: request.peak(r) for r in Resource}
+    return {short: count for short, count in peaks.items() if count > 0}
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -301,19 +303,30 @@ def _request_warnings(requests: Mapping[str, int], advertised: frozenset[str] | 
     return warnings
 
 
-def build_pending(pod: Obj, event: Obj | None, advertised: frozenset[str] | None = None) -> PendingPod | None:
+def build_pending(
+    pod: Obj, event: Obj | None, advertised: frozenset[str] | None = None, ours: str = DEFAULT_SCHEDULER_NAME
+) -> PendingReport | None:
     """The Pending pod's view, or None when it asks for no Neuron resource. `advertised`: the Neuron resource
-    names some node's capacity lists (None = unknown, no warning about them)."""
-    requests = neuron_requests(pod)
-    if not requests:
-        return None
+    names some node's capacity lists (None = unknown, no warning about them); `ours`: the install's scheduler."""
     meta = pod.get("metadata") or {}
     scheduler = str((pod.get("spec") or {}).get("schedulerName") or "default-scheduler")
-    warnings = []
-    if scheduler != NEURON_SCHEDULER:
-        warnings.append(
-            f"scheduled by {scheduler}, not {NEURON_SCHEDULER}: its device IDs are not guaranteed contiguous"
+    try:
+        requests = neuron_requests(pod)
+    except RequestError as err:
+        return PendingReport(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            scheduler_name=scheduler,
+            requests={},
+            created_at=_parse_time(meta.get("creationTimestamp")),
+            reason=INVALID_REQUEST,
+            message=f"{err}; the extender refuses this pod",
         )
+    if not requests:
+        return None
+    warnings = []
+    if scheduler != ours:
+        warnings.append(f"scheduled by {scheduler}, not {ours}: its device IDs are not guaranteed contiguous")
     warnings.extend(_request_warnings(requests, advertised))
     scheduled = _condition(pod, "PodScheduled")
     if event is not None:
@@ -322,7 +335,7 @@ def build_pending(pod: Obj, event: Obj | None, advertised: frozenset[str] | None
         reason, message = str(scheduled.get("reason", "")), str(scheduled.get("message", ""))
     else:
         reason, message = "NotAttempted", f"{scheduler} has not reported a scheduling attempt yet"
-    return PendingPod(
+    return PendingReport(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         scheduler_name=scheduler,
@@ -339,15 +352,38 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", name) if part)
 
 
-def build_view(nodes: Sequence[Obj], pending_pods: Sequence[Obj], events: Sequence[Obj], now: datetime) -> ClusterView:
-    views = (build_node(n, now) for n in nodes if is_neuron_node(n))
+@dataclass(frozen=True)
+class DraInputs:
+    slices: Mapping[str, Sequence[Obj]]  # node -> its slices of our driver (newest generation)
+    claims: Sequence[Obj]
+
+
+def build_view(
+    nodes: Sequence[Obj],
+    pending_pods: Sequence[Obj],
+    events: Sequence[Obj],
+    now: datetime,
+    scheduler_name: str = DEFAULT_SCHEDULER_NAME,
+    *,
+    resource_slices: Sequence[Obj] = (),
+    resource_claims: Sequence[Obj] = (),
+) -> ClusterReport:
+    dra = DraInputs(dra_slices_by_node(resource_slices), resource_claims) if resource_slices else None
+    views = (
+        build_node(n, now, dra)
+        for n in nodes
+        if is_neuron_node(n) or (dra and n.get("metadata", {}).get("name") in dra.slices)
+    )
     node_views = tuple(sorted(views, key=lambda v: natural_key(v.name)))
     latest = latest_events_by_pod(events)
     advertised = frozenset(
         name for n in nodes for name in ((n.get("status") or {}).get("capacity") or {}) if name in _NAMES.values()
     )
-    pending = [build_pending(p, latest.get((p.get("metadata") or {}).get("uid", "")), advertised) for p in pending_pods]
-    return ClusterView(
+    pending = [
+        build_pending(p, latest.get((p.get("metadata") or {}).get("uid", "")), advertised, scheduler_name)
+        for p in pending_pods
+    ]
+    return ClusterReport(
         nodes=node_views,
         pending=tuple(sorted((p for p in pending if p is not None), key=lambda p: p.key)),
         taken_at=now,

@@ -18,6 +18,7 @@ from neuronalloc.catalog import (
 )
 from neuronalloc.nodestate import (
     ANNOTATION_PREFIX,
+    INSTANCE_TYPE_LABEL,
     NodeState,
     NodeStateError,
     PodHolding,
@@ -28,7 +29,7 @@ from neuronalloc.ranges import RangeListError, decode_ranges, encode_ranges
 from neuronalloc.refusal import Refusal
 from neuronalloc.resources import DEVICE_RESOURCES, Resource
 from neuronalloc.topology import ALIGNED_SIZES, Rule, Topology
-from neuronalloc.usage import free_sets, usable_through
+from neuronalloc.usage import Free, Hardware, free_sets, hardware_in_use, hardware_of, usable_through
 
 __all__ = [
     "ALIGNED_SIZES",
@@ -37,7 +38,10 @@ __all__ = [
     "CORE_POLICY",
     "DEVICE_POLICY",
     "DEVICE_RESOURCES",
+    "INSTANCE_TYPE_LABEL",
     "UNKNOWN_INSTANCE_TYPE",
+    "Free",
+    "Hardware",
     "InstanceType",
     "NodeState",
     "NodeStateError",
@@ -59,6 +63,8 @@ __all__ = [
     "free_blocks",
     "free_sets",
     "guess_instance_type",
+    "hardware_in_use",
+    "hardware_of",
     "is_aligned",
     "largest_free_block",
     "lookup_instance_type",

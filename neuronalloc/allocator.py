@@ -172,7 +172,8 @@ def allocate(
 
 
 def fit_score(topo: Topology, resource: Resource, free: AbstractSet[int], size: int) -> int:
-    """How well a request fits this node, 0..10.
+    """How well a request fits this node, 0..10. The definition of the score: the product scores a block it has
+    already chosen with `block_fit_score` (the same number); tests and benchmarks call this one.
 
     10 means the allocator's block fills a free block exactly, so nothing larger is broken; the score falls as
     the block it must break into grows: round(10 * size / broken block), at least 1. 0: it does not fit.

@@ -19,6 +19,9 @@ from neuronalloc.text import quote, shorten
 from neuronalloc.topology import Topology
 
 ANNOTATION_PREFIX = "neuron-contig.io/"
+# Kubernetes' well-known node label the instance type is read from (by the plugin, and by kubectl neuron to
+# recognise a Neuron node the plugin has not published for).
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 INSTANCE_TYPE = ANNOTATION_PREFIX + "instance-type"
 DEVICES = ANNOTATION_PREFIX + "devices"
 CORES_PER_DEVICE = ANNOTATION_PREFIX + "cores-per-device"

@@ -1,4 +1,4 @@
-"""Flags that also read an env var: the one rule both entry points follow (docs/CONTRACTS.md, "CLI").
+"""Flags that also read an env var: the one rule both entry points follow (docs/CONTRACTS.md, "Command lines").
 
 Precedence: flag > env var > default; the env var is the flag name in UPPER_SNAKE_CASE, with no prefix.
 Each entry point keeps its own flag table, its own validation and its own error messages.

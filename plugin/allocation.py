@@ -1,7 +1,7 @@
 """GetPreferredAllocation and Allocate decisions, on top of neuronalloc and the plugin's node view.
 
 No gRPC here: decisions are values or `AllocationRejected`, and server.py maps them to status codes.
-Rules checked by Allocate, in order (the first broken rule is reported):
+Checks Allocate makes, in order (the first that fails is reported, by its name, `AllocationRejected.check`):
   0. too_many_ids     - more IDs than the node has units         -> INVALID_ARGUMENT
   1. unknown_id       - not a device/core of this node          -> INVALID_ARGUMENT
   2. duplicate_id     - the same ID twice                        -> INVALID_ARGUMENT
@@ -9,7 +9,7 @@ Rules checked by Allocate, in order (the first broken rule is reported):
   4. podresources_stale - no PodResources read, or none fresh: what is in use is unknown -> FAILED_PRECONDITION
   5. unhealthy        - on a device that is unhealthy now        -> FAILED_PRECONDITION
   6. shared_hardware  - on hardware held through another resource name -> FAILED_PRECONDITION
-GetPreferredAllocation refuses on rule 4 too: it must never pick from hardware it cannot see.
+GetPreferredAllocation refuses on check 4 too: it must never pick from hardware it cannot see.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from neuronalloc import Refusal, Resource, Topology, allocate, check_block, encode_ranges
+from neuronalloc import Refusal, Resource, Topology, allocate, check_block, encode_ranges, hardware_of
 from neuronalloc.text import MAX_MESSAGE, MAX_QUOTE, shorten
 from plugin.nodeview import NodeView
 from plugin.podresources import parse_unit_id
@@ -35,16 +35,17 @@ class Rejection(StrEnum):
 
 
 class AllocationRejected(Exception):
-    """A request this node must refuse; `message` names the IDs and the rule.
+    """A request this node must refuse; `check` names the check that failed (a code such as "unknown_id"),
+    `message` names the IDs and, for a block, the instance type's rule.
 
     Both are bounded here, whatever the request held: the message travels back as a gRPC status, whose
     metadata kubelet's gRPC caps (an oversized one turns into RESOURCE_EXHAUSTED), and into the logs."""
 
-    def __init__(self, kind: Rejection, rule: str, ids: str, message: str) -> None:
+    def __init__(self, kind: Rejection, check: str, ids: str, message: str) -> None:
         message = shorten(message, MAX_MESSAGE)
         super().__init__(message)
         self.kind = kind
-        self.rule = rule
+        self.check = check
         self.ids = shorten(ids, MAX_QUOTE)
         self.message = message
 
@@ -124,12 +125,8 @@ def require_fresh(view: NodeView, resource: Resource, ids: str) -> None:
         )
 
 
-def devices_of(topology: Topology, resource: Resource, ids: Sequence[int]) -> tuple[int, ...]:
-    return tuple(sorted(set(ids) if resource.whole_devices else topology.devices_of_cores(ids)))
-
-
 def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tuple[int, ...]:
-    """The block, if Allocate may grant it; else AllocationRejected naming the first broken rule."""
+    """The block, if Allocate may grant it; else AllocationRejected naming the first check that failed."""
     topology = view.topology
     if not raw_ids:
         raise AllocationRejected(
@@ -142,7 +139,7 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
             Rejection.INVALID_ARGUMENT, "block_rule", encode_ranges(ids), f"[{encode_ranges(ids)}]: {refusal}"
         )
     require_fresh(view, resource, encode_ranges(ids))
-    sick = [d for d in devices_of(topology, resource, ids) if not view.is_healthy(d)]
+    sick = sorted(d for d in hardware_of(topology, resource, ids).devices if not view.is_healthy(d))
     if sick:
         raise AllocationRejected(
             Rejection.FAILED_PRECONDITION,
@@ -165,8 +162,8 @@ def validate(view: NodeView, resource: Resource, raw_ids: Sequence[str]) -> tupl
 
 
 def grant(topology: Topology, device_root: Path, resource: Resource, ids: Sequence[int]) -> Grant:
-    devices = devices_of(topology, resource, ids)
-    cores = tuple(sorted(topology.cores_of_devices(ids))) if resource.whole_devices else tuple(ids)
+    held = hardware_of(topology, resource, ids)
+    devices, cores = tuple(sorted(held.devices)), tuple(sorted(held.cores))
     paths = tuple((str(device_root / f"neuron{d}"), f"{CONTAINER_DEVICE_DIR}/neuron{d}") for d in devices)
     return Grant(devices, cores, paths)
 

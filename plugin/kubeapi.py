@@ -23,16 +23,14 @@ from typing import Any, Protocol
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a Node is at most ~1.5 MiB (etcd's object limit); more is not an answer
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 
 
 class KubeApiError(RuntimeError):
     """A request failed. `unreachable`: no HTTP answer (retry); otherwise the API server refused it."""
 
-    def __init__(self, message: str, *, unreachable: bool, status: int | None = None) -> None:
+    def __init__(self, message: str, *, unreachable: bool) -> None:
         super().__init__(message)
         self.unreachable = unreachable
-        self.status = status
 
 
 class KubeConfigError(ValueError):
@@ -94,7 +92,6 @@ class HttpNodeApi:
             raise KubeApiError(
                 f"{method} {path}: HTTP {response.status}: {detail}",
                 unreachable=response.status >= 500 or response.status == 429,
-                status=response.status,
             )
         try:
             return json.loads(payload) if payload else None

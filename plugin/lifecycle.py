@@ -83,7 +83,7 @@ class ResourceLifecycle:
             server = ResourceServer(self._make_servicer(), self._socket_dir / socket_name(self.resource))
             try:
                 await server.start()
-                await register(self._kubelet_socket, self.resource, server.socket_path.name)
+                await register(self._kubelet_socket, self.resource, server.socket_path.name, server.servicer.options())
             except (RegistrationError, OSError, TimeoutError) as error:
                 self._metrics.registrations.labels(self.resource.short, "error").inc()
                 self._log.warning("registration.failed", error=str(error), retry_in=retry)

@@ -18,14 +18,14 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from neuronalloc import Resource
+from neuronalloc import INSTANCE_TYPE_LABEL, Resource, hardware_in_use
 from neuronlog import configure_logging, get_logger
 from plugin.condition import Condition, ConditionPublisher, health_condition
 from plugin.config import ConfigError, PluginConfig, load_config
 from plugin.discovery import Discovery, DiscoveryError, discover
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
 from plugin.httpserve import serve_http
-from plugin.kubeapi import INSTANCE_TYPE_LABEL, KubeApiError, KubeConfigError, NodeApi, connect
+from plugin.kubeapi import KubeApiError, KubeConfigError, NodeApi, connect
 from plugin.lifecycle import ResourceLifecycle
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView, PodResourcesStatus
@@ -89,7 +89,7 @@ def _held_devices(view: NodeView) -> Callable[[], frozenset[int] | None]:
     def held() -> frozenset[int] | None:
         if view.podresources_status() is not PodResourcesStatus.FRESH:
             return None
-        return view.used(Resource.NEURON) | topology.devices_of_cores(view.used(Resource.NEURONCORE))
+        return hardware_in_use(topology, view.used(Resource.NEURON), view.used(Resource.NEURONCORE)).devices
 
     return held
 

@@ -6,9 +6,7 @@ alerts see a 0, not a missing series, before the first event.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -21,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from neuronalloc import Resource, Topology, largest_free_block
+from neuronalloc import Resource, Topology, hardware_in_use, largest_free_block
 from plugin.hwerrors import DROP_REASONS, HW_ERROR_KINDS
 from plugin.nodeview import Usage
 
@@ -30,6 +28,9 @@ if TYPE_CHECKING:
 
 RPCS = ("GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation", "Allocate", "PreStartContainer")
 ALLOCATION_RESULTS = ("ok", "invalid_argument", "failed_precondition")
+# An RPC's result: how it answered (ok, or the gRPC code it refused with), cancelled by the caller, or error
+# (anything unexpected, which gRPC answers UNKNOWN).
+RPC_RESULTS = (*ALLOCATION_RESULTS, "cancelled", "error")
 REGISTRATION_RESULTS = ("ok", "error")
 PUBLISH_ERROR_REASONS = ("podresources_unavailable", "apiserver_unreachable", "apiserver_rejected")
 STATES = ("healthy", "unhealthy", "allocated", "free")
@@ -62,6 +63,11 @@ class PluginMetrics:
             "rpc_duration_seconds",
             "Device-plugin RPC handling time (ListAndWatch: time to each update)",
             ["rpc", "resource"], namespace=ns, subsystem=sub, registry=reg, buckets=_RPC_BUCKETS,
+        )  # fmt: skip
+        self.rpcs = Counter(
+            "rpcs", "Device-plugin RPCs by result (ListAndWatch: each device list handed to the stream)",
+            ["rpc", "resource", "result"],
+            namespace=ns, subsystem=sub, registry=reg,
         )  # fmt: skip
         self.registrations = Counter(
             "registrations", "Register calls to kubelet by result", ["resource", "result"],
@@ -132,6 +138,8 @@ class PluginMetrics:
             self.registered.labels(resource.short)
             for rpc in RPCS:
                 self.rpc_duration.labels(rpc, resource.short)
+                for result in RPC_RESULTS:
+                    self.rpcs.labels(rpc, resource.short, result)
             for result in ALLOCATION_RESULTS:
                 self.allocations.labels(resource.short, result)
             for result in REGISTRATION_RESULTS:
@@ -156,28 +164,26 @@ class PluginMetrics:
         self.serving.set_function(lambda: 1.0 if reason() is None else 0.0)
         self.podresources_age.set_function(lambda: float("inf") if (age := podresources_age()) is None else age)
 
-    @contextmanager
-    def rpc_timer(self, rpc: str, resource: Resource) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.rpc_duration.labels(rpc, resource.short).observe(time.perf_counter() - started)
+    def observe(self, rpc: str, resource: Resource, result: str, elapsed: float) -> None:
+        """One RPC, once, when it has answered: its time, its result, and for Allocate the allocations count."""
+        self.rpc_duration.labels(rpc, resource.short).observe(elapsed)
+        self.rpcs.labels(rpc, resource.short, result).inc()
+        if rpc == "Allocate" and result in ALLOCATION_RESULTS:
+            self.allocations.labels(resource.short, result).inc()
 
     def set_topology(self, topology: Topology) -> None:
         self.topology_fallback.set(0 if topology.known else 1)
 
     def set_usage(self, topology: Topology, usage: Usage) -> None:
-        unhealthy = usage.unhealthy_devices & frozenset(range(topology.device_count))
-        cores_in_use = usage.used_cores | topology.cores_of_devices(usage.used_devices)
-        devices_in_use = usage.used_devices | topology.devices_of_cores(usage.used_cores)
-        self.devices.labels("healthy").set(topology.device_count - len(unhealthy))
-        self.devices.labels("unhealthy").set(len(unhealthy))
-        self.devices.labels("allocated").set(len(devices_in_use))
+        unhealthy = hardware_in_use(topology, usage.unhealthy_devices, ())
+        in_use = hardware_in_use(topology, usage.used_devices, usage.used_cores)
+        self.devices.labels("healthy").set(topology.device_count - len(unhealthy.devices))
+        self.devices.labels("unhealthy").set(len(unhealthy.devices))
+        self.devices.labels("allocated").set(len(in_use.devices))
         self.devices.labels("free").set(len(usage.free_devices))
-        self.cores.labels("healthy").set(topology.core_count - len(topology.cores_of_devices(unhealthy)))
-        self.cores.labels("unhealthy").set(len(topology.cores_of_devices(unhealthy)))
-        self.cores.labels("allocated").set(len(cores_in_use))
+        self.cores.labels("healthy").set(topology.core_count - len(unhealthy.cores))
+        self.cores.labels("unhealthy").set(len(unhealthy.cores))
+        self.cores.labels("allocated").set(len(in_use.cores))
         self.cores.labels("free").set(len(usage.free_cores))
         for resource in self._resources:  # neurondevice counts the same free devices as neuron
             free = usage.free_devices if resource.whole_devices else usage.free_cores

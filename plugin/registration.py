@@ -16,15 +16,6 @@ KUBELET_SOCKET_NAME = "kubelet.sock"
 REGISTER_TIMEOUT_SECONDS = 15.0
 
 
-def plugin_options() -> dp_pb2.DevicePluginOptions:
-    """What this plugin implements: no PreStartContainer work, a real preferred allocation.
-
-    Register and GetDevicePluginOptions must advertise the same thing. A fresh message each call, because
-    protobuf messages are mutable.
-    """
-    return dp_pb2.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
-
-
 class RegistrationError(RuntimeError):
     """Kubelet did not accept the registration; the message carries kubelet's answer."""
 
@@ -35,13 +26,16 @@ def socket_name(resource: Resource) -> str:
 
 
 async def register(
-    kubelet_socket: Path, resource: Resource, endpoint: str, timeout: float = REGISTER_TIMEOUT_SECONDS
+    kubelet_socket: Path,
+    resource: Resource,
+    endpoint: str,
+    options: dp_pb2.DevicePluginOptions,
+    timeout: float = REGISTER_TIMEOUT_SECONDS,
 ) -> None:
+    """Register `resource` served at `endpoint` with the options its server advertises (the servicer's own,
+    so Register and GetDevicePluginOptions say the same)."""
     request = dp_pb2.RegisterRequest(
-        version=API_VERSION,
-        endpoint=endpoint,
-        resource_name=resource.value,
-        options=plugin_options(),
+        version=API_VERSION, endpoint=endpoint, resource_name=resource.value, options=options
     )
     async with grpc.aio.insecure_channel(f"unix://{kubelet_socket.absolute()}") as channel:
         try:

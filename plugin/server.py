@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any, NoReturn
 
 import grpc
 
@@ -23,7 +27,6 @@ from plugin.allocation import AllocationRejected, Rejection
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import NodeView
 from plugin.podresources import PodResourcesUnavailable
-from plugin.registration import plugin_options
 from plugin.sockets import SocketIdentity, prepare_socket, remove_socket_if_ours, socket_identity, wait_dialable
 
 log = get_logger(__name__)
@@ -39,7 +42,16 @@ _STATUS = {
 }
 
 
+@dataclass
+class _Call:
+    """One RPC's result, set by its handler before it answers or refuses."""
+
+    result: str = "error"
+
+
 class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
+    PRE_START_DOES_WORK = False  # PreStartContainer answers at once: there is nothing to prepare
+
     def __init__(
         self,
         resource: Resource,
@@ -79,12 +91,55 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
             )
         return dp_pb2.ListAndWatchResponse(devices=devices)
 
+    # -- what kubelet may call -----------------------------------------------------------------------------
+    def options(self) -> dp_pb2.DevicePluginOptions:
+        """The options Register and GetDevicePluginOptions advertise, read off this class (as Intel's server
+        does), so they cannot drift from the handlers. PreStartContainer is answered but has no work to do, so
+        kubelet is not asked to call it. A fresh message each call: protobuf messages are mutable."""
+        implements = type(self).GetPreferredAllocation is not dp_grpc.DevicePluginServicer.GetPreferredAllocation
+        return dp_pb2.DevicePluginOptions(
+            pre_start_required=self.PRE_START_DOES_WORK, get_preferred_allocation_available=implements
+        )
+
+    @contextmanager
+    def _observed(self, rpc: str) -> Iterator[_Call]:
+        """Observe one RPC once, when it ends, with the result the handler set (error if it set none)."""
+        call, started = _Call(), time.perf_counter()
+        try:
+            yield call
+        except asyncio.CancelledError:
+            call.result = "cancelled"
+            raise
+        finally:
+            self._metrics.observe(rpc, self.resource, call.result, time.perf_counter() - started)
+
+    async def _refuse(
+        self, call: _Call, rejected: AllocationRejected, event: str, context: grpc.aio.ServicerContext, **fields: Any
+    ) -> NoReturn:
+        call.result = rejected.kind.value
+        self._log.warning(event, ids=rejected.ids, check=rejected.check, message=rejected.message, **fields)
+        await context.abort(_STATUS[rejected.kind], rejected.message)
+        raise AssertionError("context.abort returned")  # it raises; this tells type checkers so
+
+    def _check_container_count(self, count: int, rpc: str) -> None:
+        """Every container request needs its own hardware, so more of them than the node has units is wrong."""
+        limit = self._view.topology.unit_count(self.resource)
+        if count > limit:
+            raise AllocationRejected(
+                Rejection.INVALID_ARGUMENT,
+                "too_many_containers",
+                "",
+                f"{count} container requests in one {rpc}; this node has {limit} {self.resource.units}",
+            )
+
     # -- RPCs --------------------------------------------------------------------------------------------
     async def GetDevicePluginOptions(
         self, request: dp_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> dp_pb2.DevicePluginOptions:
-        with self._metrics.rpc_timer("GetDevicePluginOptions", self.resource):
-            return plugin_options()
+        with self._observed("GetDevicePluginOptions") as call:
+            options = self.options()
+            call.result = "ok"
+            return options
 
     async def ListAndWatch(
         self, request: dp_pb2.Empty, context: grpc.aio.ServicerContext
@@ -95,8 +150,9 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         counted = False
         try:
             while True:
-                with self._metrics.rpc_timer("ListAndWatch", self.resource):
+                with self._observed("ListAndWatch") as call:
                     update = self.device_list()
+                    call.result = "ok"
                 yield update
                 if not counted:  # resumed after the first list was written: kubelet has the devices now
                     counted = True
@@ -108,25 +164,15 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
             self._log.info("listandwatch.ended")
             self.stream_ended.set()
 
-    async def _refuse_extra_containers(
-        self, count: int, rpc: str, event: str, context: grpc.aio.ServicerContext
-    ) -> None:
-        """Every container request needs its own hardware, so more of them than the node has units is wrong."""
-        limit = self._view.topology.unit_count(self.resource)
-        if count > limit:
-            message = f"{count} container requests in one {rpc}; this node has {limit} {self.resource.units}"
-            if rpc == "Allocate":
-                self._metrics.allocations.labels(self.resource.short, Rejection.INVALID_ARGUMENT.value).inc()
-            self._log.warning(event, rule="too_many_containers", message=message)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-
     async def GetPreferredAllocation(
         self, request: dp_pb2.PreferredAllocationRequest, context: grpc.aio.ServicerContext
     ) -> dp_pb2.PreferredAllocationResponse:
-        with self._metrics.rpc_timer("GetPreferredAllocation", self.resource):
-            await self._refuse_extra_containers(
-                len(request.container_requests), "GetPreferredAllocation", "preferred_allocation.rejected", context
-            )
+        rpc, event = "GetPreferredAllocation", "preferred_allocation.rejected"
+        with self._observed(rpc) as call:
+            try:
+                self._check_container_count(len(request.container_requests), rpc)
+            except AllocationRejected as rejected:
+                await self._refuse(call, rejected, event, context)
             responses = []
             for container in request.container_requests:
                 decide = functools.partial(
@@ -140,27 +186,27 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
                 try:
                     chosen = await self._with_fresh_view_on_refusal(decide)
                 except AllocationRejected as rejected:
-                    self._log.warning(
-                        "preferred_allocation.rejected",
-                        ids=rejected.ids,
-                        rule=rejected.rule,
+                    await self._refuse(
+                        call,
+                        rejected,
+                        event,
+                        context,
                         size=container.allocation_size,
                         available=allocation.show_ids(container.available_deviceIDs),
-                        message=rejected.message,
                     )
-                    await context.abort(_STATUS[rejected.kind], rejected.message)
-                    raise  # abort raises; this line only tells type checkers so
                 self._log.info("preferred_allocation.chosen", ids=",".join(map(str, chosen)))
                 responses.append(dp_pb2.ContainerPreferredAllocationResponse(deviceIDs=[str(u) for u in chosen]))
+            call.result = "ok"
             return dp_pb2.PreferredAllocationResponse(container_responses=responses)
 
     async def Allocate(
         self, request: dp_pb2.AllocateRequest, context: grpc.aio.ServicerContext
     ) -> dp_pb2.AllocateResponse:
-        with self._metrics.rpc_timer("Allocate", self.resource):
-            await self._refuse_extra_containers(
-                len(request.container_requests), "Allocate", "allocate.rejected", context
-            )
+        with self._observed("Allocate") as call:
+            try:
+                self._check_container_count(len(request.container_requests), "Allocate")
+            except AllocationRejected as rejected:
+                await self._refuse(call, rejected, "allocate.rejected", context)
             blocks: list[tuple[int, ...]] = []
             for container in request.container_requests:
                 ids = list(container.devices_ids)
@@ -171,18 +217,12 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
                         )
                     )
                 except AllocationRejected as rejected:
-                    self._metrics.allocations.labels(self.resource.short, rejected.kind.value).inc()
-                    self._log.warning(
-                        "allocate.rejected", ids=rejected.ids, rule=rejected.rule, message=rejected.message
-                    )
-                    await context.abort(_STATUS[rejected.kind], rejected.message)
-                    raise
+                    await self._refuse(call, rejected, "allocate.rejected", context)
             responses = []
             for block in blocks:
                 grant = allocation.grant(self._view.topology, self._device_root, self.resource, block)
                 envs = grant.envs  # a property that encodes ranges on every read
                 self._view.record_allocation(self.resource, frozenset(block))
-                self._metrics.allocations.labels(self.resource.short, "ok").inc()
                 self._log.info(
                     "allocate.granted",
                     ids=",".join(map(str, block)),
@@ -199,12 +239,14 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
                     )
                 )
             self._on_allocated()
+            call.result = "ok"
             return dp_pb2.AllocateResponse(container_responses=responses)
 
     async def PreStartContainer(
         self, request: dp_pb2.PreStartContainerRequest, context: grpc.aio.ServicerContext
     ) -> dp_pb2.PreStartContainerResponse:
-        with self._metrics.rpc_timer("PreStartContainer", self.resource):
+        with self._observed("PreStartContainer") as call:
+            call.result = "ok"
             return dp_pb2.PreStartContainerResponse()
 
     async def _with_fresh_view_on_refusal(self, decide: Callable[[], tuple[int, ...]]) -> tuple[int, ...]:

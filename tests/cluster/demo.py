@@ -6,6 +6,12 @@ inf2.48xlarge, trn1.32xlarge and trn3.48xlarge node (real kubelet device manager
 extender; runs mixed device and NeuronCore pods, pods of old specs asking `aws.amazon.com/neurondevice` (one of
 them on the Trn3 node), one pod that no trn1 block can hold, and one hardware error; prints where everything
 landed; and tears it all down.
+
+`--mode dra` runs the same nodes, workload, refusal and hardware error in DRA mode: the nodes host kubelet's DRA
+manager and our DRA driver, the pods ask for one block each through a ResourceClaimTemplate (a pod that asks
+`aws.amazon.com/neurondevice` in device-plugin mode asks a block of whole devices here: DRA has no alias), the
+stock kube-scheduler allocates the claims (with kube-controller-manager's resourceclaim-controller), and the
+same device map is drawn from the ResourceSlices and claims, as `kubectl neuron` draws it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 from pathlib import Path
 
 from neuronalloc import Resource
-from tests.cluster.devicemap import render_cluster
+from tests.cluster.devicemap import render_pool
 from tests.cluster.harness import Cluster, missing_prerequisites
 from tests.cluster.workload import Pool
 
@@ -47,6 +53,8 @@ WORKLOAD = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep-logs", action="store_true", help="keep the work dir (component logs) afterwards")
+    parser.add_argument("--mode", choices=("device-plugin", "dra"), default="device-plugin",
+                        help="serve the nodes with the device plugin and extender, or with the DRA driver")  # fmt: skip
     args = parser.parse_args(argv)
     missing = missing_prerequisites()
     if missing:
@@ -55,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="neuronsim-demo-"))
     started = time.monotonic()
+    if args.mode == "dra":
+        run_dra(workdir, started)
+        return _finish(args, workdir, started)
     print(f"starting etcd, kube-apiserver, kube-scheduler and the extender (logs in {workdir / 'logs'}) ...")
     with Cluster(workdir) as cluster:
         pool = Pool(cluster, "demo")
@@ -91,14 +102,70 @@ def main(argv: list[str] | None = None) -> int:
         pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
         print(f"\nNEURON_HW_ERR on {trn1} device 15: the plugin reports it unhealthy.\n")
 
-        print(render_cluster({name: pool.node_state(name) for name in pool.nodes}))
+        print(render_pool(cluster, pool))
         print("\ntearing down ...")
+    return _finish(args, workdir, started)
+
+
+def _finish(args: argparse.Namespace, workdir: Path, started: float) -> int:
     if args.keep_logs:
         print(f"logs kept in {workdir / 'logs'}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"done in {time.monotonic() - started:.0f}s")
     return 0
+
+
+def _dra_resource(resource: Resource) -> Resource:
+    """DRA mode has two DeviceClasses, whole devices and NeuronCores: the neurondevice alias is whole devices."""
+    return Resource.NEURON if resource.whole_devices else resource
+
+
+def run_dra(workdir: Path, started: float) -> None:
+    """The same nodes, workload, refusal and hardware error in DRA mode."""
+    from tests.cluster.dra import (
+        assert_dra_grant_ok,
+        assert_no_dra_overlap,
+        create_dra_pod,
+        dra_grant,
+        install_device_classes,
+        tainted_blocks,
+    )
+    from tests.cluster.harness import PluginKind
+    from tests.cluster.processes import wait_for
+
+    print(f"starting etcd, kube-apiserver, kube-controller-manager and kube-scheduler (logs in {workdir / 'logs'}) ...")
+    with Cluster(workdir) as cluster:
+        cluster.start_dra_control_plane()
+        install_device_classes(cluster)
+        pool = Pool(cluster, "demo")
+        for suffix, instance_type in NODES.items():
+            node = pool.add_node(suffix, instance_type, plugin=PluginKind.DRA)
+            print(
+                f"  node {node.name}: {instance_type}, {node.devices} devices, DRA driver registered, slices published"
+            )
+        print(f"cluster up in {time.monotonic() - started:.0f}s; running {len(WORKLOAD)} pods, one claim each ...")
+        workload = [(name, _dra_resource(resource), count) for name, resource, count in WORKLOAD]
+        for name, resource, count in workload:
+            create_dra_pod(pool, name, resource, count)
+        pool.wait_phase([name for name, _, _ in workload], timeout=90)
+        grants = [dra_grant(pool, name) for name, _, _ in workload]
+        for (_, resource, count), got in zip(workload, grants, strict=True):
+            assert_dra_grant_ok(pool, got, resource, count)
+        assert_no_dra_overlap(grants)
+        print("every claim got one contiguous block; its CDI spec names exactly those devices; nothing shared.")
+
+        refused = create_dra_pod(pool, "trn1-needs-3", Resource.NEURON, 3, instance_type="trn1.32xlarge")
+        message = pool.wait_scheduling_message(refused, "cannot allocate all claims")
+        print(f"\npod {refused} stays Pending (no trn1 block has 3 devices); the scheduler's event says:\n  {message}")
+
+        trn1 = f"{pool.name}-trn1-32xl"
+        cluster.inject_hw_error(trn1, 15)
+        wait_for("blocks on device 15 tainted", lambda: "dev-15-15" in tainted_blocks(cluster, trn1), timeout=30)
+        print(f"\nNEURON_HW_ERR on {trn1} device 15: the driver taints every block that uses it.\n")
+
+        print(render_pool(cluster, pool))
+        print("\ntearing down ...")
 
 
 if __name__ == "__main__":

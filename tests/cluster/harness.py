@@ -16,10 +16,12 @@ taints the node, and `workload.neuron_pod(..., pool=P)` selects and tolerates ex
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,12 @@ STARTUP_TIMEOUT = 90.0
 class PluginKind(Enum):
     OURS = "neuron-device-plugin"
     STOCK = "stock"  # neuronsim stockplugin: whole devices, no GetPreferredAllocation (the baseline)
+    DRA = "neuron-dra-driver"  # DRA mode: the node hosts kubelet's DRA manager, our driver publishes slices
+
+
+# DRA mode is scheduled by the stock kube-scheduler's default profile. The DRA tests run it under this name, so
+# that it can share the control plane with the stock scheduler other tests start and stop.
+DRA_SCHEDULER = "dra-default-scheduler"
 
 
 def missing_prerequisites() -> list[str]:
@@ -96,6 +104,11 @@ class SimNode:
     labels: dict[str, str] = field(default_factory=dict)
     metrics_port: int = field(default_factory=free_port)  # the plugin's /metrics, /healthz, /readyz
     plugin_args: tuple[str, ...] = ()  # more flags for our plugin (e.g. a short --hw-error-quarantine)
+    cdi_root: Path | None = None  # DRA mode: where the driver writes its CDI specs
+
+    @property
+    def is_dra(self) -> bool:
+        return self.plugin_kind is PluginKind.DRA
 
     @property
     def device_plugin_dir(self) -> Path:
@@ -127,6 +140,8 @@ class Cluster:
         self.extender: ManagedProcess | None = None
         self.scheduler: ManagedProcess | None = None
         self._api: k8s.ApiClient | None = None
+        self.controller_manager: ManagedProcess | None = None  # started with the first DRA node
+        self.dra_scheduler: ManagedProcess | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -154,7 +169,8 @@ class Cluster:
         """Stop everything, nodes first (plugins before their kubelets), control plane last."""
         for node in list(self.nodes.values()):
             self._stop_node_processes(node)
-        procs = [self.scheduler, self.extender, *reversed(self._control_plane)]
+        procs = [self.dra_scheduler, self.controller_manager, self.scheduler, self.extender,
+                 *reversed(self._control_plane)]  # fmt: skip
         for proc in procs:
             if proc is not None:
                 proc.stop()
@@ -387,6 +403,7 @@ class Cluster:
         unhealthy_devices: Iterable[int] = (),
         wait: bool = True,
         plugin_args: Sequence[str] = (),
+        labels: Mapping[str, str] | None = None,
     ) -> SimNode:
         """Start a simulated node of `instance_type` and, unless `plugin` is None, its device plugin."""
         row = lookup_instance_type(instance_type)
@@ -407,9 +424,12 @@ class Cluster:
             hw_error_log=base / "kmsg.log",
             plugin_kind=plugin,
             kubelet=self._process(f"node-{name}", []),
-            labels={POOL_LABEL: pool} if pool else {},
+            labels={**({POOL_LABEL: pool} if pool else {}), **(labels or {})},
             plugin_args=tuple(plugin_args),
         )
+        if plugin is PluginKind.DRA:
+            node.cdi_root = base / "cdi"
+            self.start_dra_control_plane()
         _make_device_tree(node.device_root, row.devices)
         node.sysfs_root.mkdir(parents=True, exist_ok=True)
         node.hw_error_log.touch()
@@ -442,6 +462,8 @@ class Cluster:
             f"--instance-type={node.instance_type}",
         ]
         argv += [f"--label={k}={v}" for k, v in node.labels.items()]
+        if node.is_dra:
+            argv.append("--dra")
         if node.pool:
             argv.append(f"--taint={POOL_LABEL}={node.pool}:NoSchedule")
         node.kubelet = self._process(f"node-{node.name}", argv).start()
@@ -455,6 +477,9 @@ class Cluster:
         )
 
     def start_plugin(self, node: SimNode) -> None:
+        if node.is_dra:
+            node.plugin = self._process(f"plugin-{node.name}", self._dra_driver_argv(node)).start()
+            return
         if node.plugin_kind is PluginKind.STOCK:
             argv = [
                 str(self.binary),
@@ -487,6 +512,9 @@ class Cluster:
 
     def wait_node_ready(self, node: SimNode, *, unhealthy: int = 0, timeout: float = STARTUP_TIMEOUT) -> None:
         """Wait until the node advertises its devices and (for our plugin) has published its state."""
+        if node.is_dra:
+            self.wait_dra_ready(node, timeout=timeout)
+            return
         want = node.devices - unhealthy
 
         def ready() -> bool:
@@ -522,6 +550,71 @@ class Cluster:
         self.start_plugin(node)
         if wait:
             self.wait_node_ready(node)
+
+    # --- DRA mode ---------------------------------------------------------------------------------------
+
+    def start_dra_control_plane(self) -> None:
+        """What DRA mode needs beyond the API server, started once: kube-controller-manager with only its
+        resourceclaim-controller (claims from templates, deallocation when pods are gone) and the stock
+        kube-scheduler's default profile (as DRA_SCHEDULER)."""
+        if self.controller_manager is None:
+            self.controller_manager = self._process(
+                "kube-controller-manager",
+                [
+                    str(self.binary), "controller-manager", f"--kubeconfig={self.kubeconfig}",
+                    "--controllers=resourceclaim-controller", "--leader-elect=false", "--secure-port=0", "--v=1",
+                ],
+            ).start()  # fmt: skip
+        if self.dra_scheduler is None:
+            config = {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+                "leaderElection": {"leaderElect": False},
+                "profiles": [{"schedulerName": DRA_SCHEDULER}],
+            }
+            self.dra_scheduler = self._start_scheduler("dra-kube-scheduler", config)
+
+    def _dra_driver_argv(self, node: SimNode) -> list[str]:
+        exe = shutil.which("neuron-dra-driver")
+        if exe is None:
+            raise RuntimeError("neuron-dra-driver is not installed (pip install -e .)")
+        assert node.kubelet.pid is not None and node.cdi_root is not None
+        # Inside the node's mount namespace, where /var/lib/kubelet is the node's own directory: the endpoint the
+        # driver registers is the path kubelet dials, as on a real node.
+        return [
+            "nsenter", "-t", str(node.kubelet.pid), "-m", "--",
+            exe,
+            f"--device-root={node.device_root}",
+            f"--sysfs-root={node.sysfs_root}",
+            f"--node-name={node.name}",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--metrics-port={node.metrics_port}",
+            f"--logical-nc-config={node.sysfs_root / 'no-logical-nc-config'}",
+            f"--hw-error-log={node.hw_error_log}",
+            f"--cdi-root={node.cdi_root}",
+            "--log-level=info",
+        ]  # fmt: skip
+
+    def dra_readiness(self, node: SimNode) -> dict[str, Any]:
+        """The driver's GET /readyz body (serving, or why not)."""
+        url = f"http://127.0.0.1:{node.metrics_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                body: dict[str, Any] = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            body = json.loads(error.read())
+        return body
+
+    def wait_dra_ready(self, node: SimNode, *, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Wait until the driver serves: registered with this node's kubelet and its ResourceSlices published."""
+        procs = [p for p in (node.kubelet, node.plugin) if p is not None]
+        wait_for(
+            f"{node.name}: DRA driver registered and slices published",
+            lambda: self.dra_readiness(node).get("serving") is True,
+            timeout=timeout,
+            watch=procs,
+        )
 
     def allocatable_devices(self, name: str) -> dict[str, frozenset[int]]:
         """The node's PodResources GetAllocatableResources: healthy devices the device manager can hand out."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from neuronalloc import Resource
 from tests.cluster.demo import NODES, WORKLOAD
-from tests.cluster.devicemap import render_cluster
+from tests.cluster.devicemap import render_pool
 from tests.cluster.harness import Cluster, missing_prerequisites
 from tests.cluster.observed import Observed
 from tests.cluster.prometheus import Prometheus, prometheus_binary
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             pool.wait_node_state(trn1, "device 15 is unhealthy", lambda s: 15 in s.unhealthy_devices)
             feed_neuron_monitor(observed, cluster, pool)
             time.sleep(5)  # the plugins' 2 s poll, then a scrape (every 1 s)
-            print(render_cluster({name: pool.node_state(name) for name in pool.nodes}))
+            print(render_pool(cluster, pool))
             for what, expr in OPERATOR_QUERIES:
                 print(f"\n# {what}\n$ promtool query instant $PROM '{expr}'")
                 print(promtool_instant(observed.prometheus, expr), end="")

@@ -82,7 +82,9 @@ class Scene:
         held: dict[tuple[str, int], str] = {}
         for name, node in self.pool.nodes.items():
             for pod, resources in self.cluster.pod_resources(name).items():
-                devices = resources.get(Resource.NEURON.value, frozenset())
+                devices = frozenset[int]().union(
+                    *(resources.get(r.value, frozenset()) for r in Resource if r.whole_devices)
+                )
                 cores = set(resources.get(Resource.NEURONCORE.value, ())) | node.topology.cores_of_devices(devices)
                 held.update({(name, core): pod for core in cores})
         return held
@@ -296,9 +298,9 @@ def test_kubelet_stopped_leaves_the_plugin_unregistered_on_its_node_until_it_ret
     node = scene.node("inf1-6xl")
     node.kubelet.stop()
     try:
-        found = scene.wait("both resources unregistered", scene.expr("NeuronDevicePluginNotRegistered"),
-                           lambda r: len(r) == 2)  # fmt: skip
-        assert labels_of(found, "node", "resource") == {(node.name, "neuron"), (node.name, "neuroncore")}
+        found = scene.wait("every resource unregistered", scene.expr("NeuronDevicePluginNotRegistered"),
+                           lambda r: len(r) == len(Resource))  # fmt: skip
+        assert labels_of(found, "node", "resource") == {(node.name, resource.short) for resource in Resource}
         failing = scene.wait("publishing failing", scene.expr("NeuronNodeStatePublishFailing"), bool)
         assert labels_of(failing, "node", "reason") == {(node.name, "podresources_unavailable")}
         assert "podresources_unavailable" in RULES["NeuronNodeStatePublishFailing"]["annotations"]["runbook"]
@@ -391,7 +393,7 @@ def test_per_pod_utilization_joins_neuron_monitor_series_on_node_and_core(scene:
     for s in info:
         node = scene.pool.nodes[s["metric"]["node"]]
         assert int(s["metric"]["device"]) == node.topology.device_of_core(int(s["metric"]["neuroncore"]))
-        assert s["metric"]["container"] == "main" and s["metric"]["resource"] in ("neuron", "neuroncore")
+        assert s["metric"]["container"] == "main" and s["metric"]["resource"] in {r.short for r in Resource}
     want = scene.feed_neuron_monitor()
     monitor = scene.wait("neuron-monitor's series", "neuroncore_utilization_ratio", lambda r: len(r) == len(held))
     assert {s["metric"]["job"] for s in monitor} == {"kube-system/neuron-monitor"}

@@ -12,12 +12,11 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from neuronalloc import Resource, check_block, decode_node_state, encode_ranges
+from neuronalloc import INSTANCE_TYPE_LABEL, Resource, check_block, decode_node_state, encode_ranges
 from neuronalloc.nodestate import NodeState
 from tests.cluster.harness import OUR_SCHEDULER, POOL_LABEL, Cluster, PluginKind, SimNode
 from tests.cluster.processes import WaitTimeout, wait_for
 
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 ALLOCATION_ANNOTATION = "neuron-contig.test/allocation"  # written by `neuronsim node` at admission
 SETTLE_TIMEOUT = 60.0
 

@@ -8,13 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronalloc import (
+    Free,
     NodeState,
     NodeStateError,
     PodHolding,
+    Resource,
     Topology,
     decode_node_state,
     encode_node_state,
     free_sets,
+    hardware_in_use,
     resolve_topology,
 )
 from neuronalloc import nodestate as ns
@@ -44,6 +47,35 @@ def test_devices_and_cores_share_hardware(
     assert topo.cores_of_devices(free_devices) <= free_cores
     untouched = set(range(topo.device_count)) - used_devices - unhealthy - topo.devices_of_cores(used_cores)
     assert free_devices == untouched
+
+
+@given(usages())
+def test_free_take_is_free_sets(usage: tuple[Topology, frozenset[int], frozenset[int], frozenset[int]]) -> None:
+    topo, used_devices, used_cores, unhealthy = usage
+    taken = (
+        Free.everything(topo)
+        .take(topo, Resource.NEURON, used_devices | unhealthy)
+        .take(topo, Resource.NEURONCORE, used_cores)
+    )
+    assert (taken.devices, taken.cores) == free_sets(topo, used_devices, used_cores, unhealthy)
+    held = hardware_in_use(topo, used_devices, used_cores)
+    assert held.devices == used_devices | topo.devices_of_cores(used_cores)
+    assert held.cores == used_cores | topo.cores_of_devices(used_devices)
+
+
+@given(usages(), st.data())
+def test_release_gives_back_what_take_took(
+    usage: tuple[Topology, frozenset[int], frozenset[int], frozenset[int]], data: st.DataObject
+) -> None:
+    topo, used_devices, used_cores, unhealthy = usage
+    before = Free(*free_sets(topo, used_devices, used_cores, unhealthy))
+    resource = data.draw(st.sampled_from(list(Resource)))
+    block = (
+        data.draw(st.frozensets(st.sampled_from(sorted(before.of(resource))), max_size=4))
+        if before.of(resource)
+        else frozenset()
+    )
+    assert before.take(topo, resource, block).release(topo, resource, block) == before
 
 
 @st.composite

@@ -18,18 +18,27 @@ SAGEMAKER_TYPES = {
 }  # fmt: skip
 
 
-def plugin_instance_types(objs: list[Obj]) -> list[str]:
-    daemonset = find(objs, "DaemonSet", "neuron-contig-device-plugin")
+def plugin_instance_types(objs: list[Obj], name: str = "neuron-contig-device-plugin") -> list[str]:
+    daemonset = find(objs, "DaemonSet", name)
     affinity = daemonset["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     (term,) = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    (expression,) = term["matchExpressions"]
-    assert (expression["key"], expression["operator"]) == ("node.kubernetes.io/instance-type", "In")
+    # The other expression is the per-node mode switch (neuron-contig.io/mode), checked in test_dra_deploy.
+    (expression,) = [e for e in term["matchExpressions"] if e["key"] == "node.kubernetes.io/instance-type"]
+    assert expression["operator"] == "In"
     return list(expression["values"])
 
 
+def _daemonset_objs(source: str, mode: str) -> tuple[list[Obj], str]:
+    if mode == "dra":
+        objs = kustomize("dra") if source == "kustomize" else helm("mode=dra")
+        return objs, "neuron-contig-dra-driver"
+    return (kustomize(".") if source == "kustomize" else helm()), "neuron-contig-device-plugin"
+
+
+@pytest.mark.parametrize("mode", ["device-plugin", "dra"])
 @pytest.mark.parametrize("source", ["kustomize", "helm"])
-def test_the_plugin_runs_on_every_catalog_type_and_its_sagemaker_twins(source: str) -> None:
-    listed = plugin_instance_types(kustomize(".") if source == "kustomize" else helm())
+def test_the_plugin_runs_on_every_catalog_type_and_its_sagemaker_twins(source: str, mode: str) -> None:
+    listed = plugin_instance_types(*_daemonset_objs(source, mode))
     assert len(listed) == len(set(listed))
     assert set(listed) == set(CATALOG) | SAGEMAKER_TYPES
     assert {"trn3.48xlarge", "trn3e.24xlarge", "trn2.3xlarge", "ml.trn1.32xlarge"} <= set(listed)

@@ -44,7 +44,7 @@ def check(text: str) -> list[str]:
     return result.stdout.splitlines() + [f"ok {d['apiVersion']} {d['kind']}" for d in cert_manager]
 
 
-@pytest.mark.parametrize("directory", [".", "monitoring"])
+@pytest.mark.parametrize("directory", [".", "monitoring", "dra"])
 def test_kustomizations_validate(directory: str) -> None:
     text = kustomize_text(directory)
     lines = check(text)
@@ -55,7 +55,8 @@ def test_kustomizations_validate(directory: str) -> None:
 def test_chart_renderings_validate(variant: str) -> None:
     text = helm_text(CHART_VARIANTS[variant])
     lines = check(text)
-    assert any("kubescheduler" not in line and "ConfigMap" in line for line in lines)
+    if "mode=dra" not in CHART_VARIANTS[variant]:  # DRA mode has no second scheduler, so no scheduler config
+        assert any("kubescheduler" not in line and "ConfigMap" in line for line in lines)
     assert len(lines) == len([d for d in yaml.safe_load_all(text) if d])
 
 

@@ -226,7 +226,8 @@ def test_plugin_scheduling_and_identity(objs: list[Obj]) -> None:
     spec = pod_spec(objs, "DaemonSet", PLUGIN)
     assert spec["priorityClassName"] == "system-node-critical"
     term = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
-    (expression,) = term["matchExpressions"]
+    expression, mode = term["matchExpressions"]
+    assert mode == {"key": "neuron-contig.io/mode", "operator": "NotIn", "values": ["dra"]}, "never beside DRA"
     assert expression["key"] == "node.kubernetes.io/instance-type" and expression["operator"] == "In"
     extra = set(expression["values"]) - set(CATALOG)
     assert set(CATALOG) <= set(expression["values"]), "every catalog instance type"
@@ -311,7 +312,10 @@ def test_hw_error_trust_reaches_the_binary_only_when_not_the_default() -> None:
 
 def test_no_rendering_makes_the_plugin_privileged() -> None:
     for name, sets in CHART_VARIANTS.items():
-        for container in pod_spec(helm(*sets), "DaemonSet", PLUGIN)["containers"]:
+        objs = helm(*sets)
+        daemonsets = [o for o in objs if o["kind"] == "DaemonSet"]  # the device plugin, the DRA driver or both
+        assert daemonsets, name
+        for container in (c for ds in daemonsets for c in ds["spec"]["template"]["spec"]["containers"]):
             ctx = container["securityContext"]
             assert ctx["privileged"] is False and ctx["allowPrivilegeEscalation"] is False, name
             assert set(ctx["capabilities"].get("add", [])) <= {"SYSLOG"}, name

@@ -14,7 +14,7 @@ import pytest
 from tests.deploy.tools import REPO, helm, kustomize, must
 from tests.deploy.variants import CHART_VARIANTS
 
-OURS = {"neuron-device-plugin", "neuron-scheduler-extender"}
+OURS = {"neuron-device-plugin", "neuron-scheduler-extender", "neuron-dra-driver"}
 
 
 @functools.cache
@@ -26,7 +26,7 @@ def flags_of(entry_point: str) -> frozenset[str]:
 
 @pytest.mark.parametrize("source", ["kustomize", "helm-everything-on"])
 def test_every_env_var_is_a_flag_of_the_entry_point(source: str) -> None:
-    objs = kustomize(".") if source == "kustomize" else helm(*CHART_VARIANTS["everything-on"])
+    objs = kustomize(".") + kustomize("dra") if source == "kustomize" else helm(*CHART_VARIANTS["everything-on"])
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     seen, missing = set(), set()
     for obj in objs:

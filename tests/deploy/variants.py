@@ -37,10 +37,19 @@ SWITCHES: dict[str, dict[str, Sets]] = {
         "monitors-only": ("monitoring.enabled=true", "monitoring.prometheusRule=false", "monitoring.dashboard=false"),
     },
     "hwErrorLog": {
-        "ringbuffer": (),
+        "ringbuffer": ("dra.hwErrorLog=ringbuffer",),
         "off": ("plugin.hwErrorLog=",),
-        "kmsg": ("plugin.hwErrorLog=/dev/kmsg",),
-        "file": ("plugin.hwErrorLog=/var/log/messages", "plugin.hwErrorTrust=allocated"),
+        "kmsg": ("plugin.hwErrorLog=/dev/kmsg", "dra.hwErrorLog=/dev/kmsg"),
+        "file": (
+            "plugin.hwErrorLog=/var/log/messages",
+            "plugin.hwErrorTrust=allocated",
+            "dra.hwErrorLog=/var/log/messages",
+        ),
+    },
+    "mode": {
+        "device-plugin": (),
+        "dra": ("mode=dra",),
+        "both": ("mode=both",),
     },
 }
 
@@ -48,7 +57,7 @@ SWITCHES: dict[str, dict[str, Sets]] = {
 def all_pairs(switches: dict[str, dict[str, Sets]]) -> list[dict[str, str]]:
     """A small set of combinations (switch -> value name) in which every pair of values of two different
     switches occurs at least once: greedy, deterministic (each step takes the first combination of the full
-    product that covers the most pairs not yet covered). Here: 18 combinations of the product's 192."""
+    product that covers the most pairs not yet covered). Here: 20 combinations of the product's 576."""
     names = list(switches)
     product = [dict(zip(names, values, strict=True)) for values in itertools.product(*switches.values())]
 
@@ -85,6 +94,11 @@ CHART_VARIANTS: dict[str, Sets] = {
         "imagePullSecrets[0].name=regcred",
         "plugin.metricsPort=9500",
         "extender.metricsPort=9501",
+        "mode=both",
+        "dra.hwErrorLog=/var/log/kern.log",
+        "dra.logLevel=debug",
+        "dra.metricsPort=9502",
+        "dra.smallFirstShare=0.5",
     ),
     **COMBINATIONS,
 }

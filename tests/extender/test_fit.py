@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from extender.answers import FilterAnswer
 from extender.cache import ClusterStore
-from extender.fit import Free, PendingPod, judge, judge_node
-from extender.requests import ContainerSpec, PodRequest, pod_request
+from extender.fit import PendingPod, judge, judge_node
 from extender.verdicts import Verdicts
 from extender.wire import parse_node
-from neuronalloc import CATALOG, NodeState, PodHolding, Resource, Rule, check_block, encode_node_state
+from neuronalloc import CATALOG, Free, NodeState, PodHolding, Resource, Rule, check_block, encode_node_state
+from neuronalloc.requests import ContainerSpec, PodRequest, pod_request
 
 from .builders import NEURON, NEURONCORE, node_doc, node_state
 

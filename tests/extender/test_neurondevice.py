@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from extender.cache import ClusterStore
 from extender.fit import PendingPod, judge_node
 from extender.metrics import ExtenderMetrics
-from extender.requests import ContainerSpec, Need, RequestError, pod_request
 from extender.server import ServerSettings, build_app
 from extender.verdicts import Verdicts
 from neuronalloc import Resource
+from neuronalloc.requests import ContainerSpec, Need, RequestError, pod_request
 
 from .builders import node_doc, node_state, nodes_args, pod_doc
 from .fake_apiserver import FakeApiServer

@@ -22,10 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extender.cache import ClusterStore
-from extender.fit import Free
 from extender.verdicts import Verdicts
 from extender.wire import PodInfo, parse_pod
-from neuronalloc import NodeState, Refusal, Resource, allocate
+from neuronalloc import Free, NodeState, Refusal, Resource, allocate
 
 from .builders import node_doc, node_state, pod_doc
 

@@ -240,6 +240,14 @@ CORES = pod(
 WRONG_SCHEDULER = pod("default", "wrong-sched", {"aws.amazon.com/neuron": "1"}, scheduler="default-scheduler")
 NOT_NEURON = pod("default", "web", {"cpu": "1"})
 RUNNING = pod("ml", "running", {"aws.amazon.com/neuron": "1"}, node_name="ip-10-0-0-1.ec2.internal", phase="Running")
+# A 4-device app with a 2-device sidecar (restartable init container, kept for the pod's life) and a 5-device
+# setup init container that runs beside the sidecar and hands its devices back: the pod holds 6 at most, 7 while
+# the setup runs.
+SIDECAR = pod("ml", "with-sidecar", {"aws.amazon.com/neuron": "4"})
+SIDECAR["spec"]["initContainers"] = [
+    {"name": "proxy", "restartPolicy": "Always", "resources": {"limits": {"aws.amazon.com/neuron": "2"}}},
+    {"name": "setup", "resources": {"limits": {"aws.amazon.com/neuron": "5"}}},
+]
 
 OLD_MESSAGE = "0/103 nodes are available: 103 node(s) were unschedulable."
 NEW_MESSAGE = (
@@ -251,6 +259,6 @@ NEW_MESSAGE = (
 def recorded_cluster() -> tuple[list[Obj], list[Obj], list[Obj]]:
     """(nodes, pods, events): 100 Neuron nodes (6 hand-made + 94 generated) and 3 CPU nodes."""
     nodes = hand_made_nodes() + generated_nodes(94) + cpu_nodes()
-    pods = [BIG, CORES, WRONG_SCHEDULER, NOT_NEURON, RUNNING]
+    pods = [BIG, CORES, WRONG_SCHEDULER, NOT_NEURON, RUNNING, SIDECAR]
     events = [scheduling_event(BIG, NEW_MESSAGE, 1), scheduling_event(BIG, OLD_MESSAGE, 9)]
     return nodes, pods, events

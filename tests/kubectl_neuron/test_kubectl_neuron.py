@@ -93,7 +93,8 @@ def test_json_device_maps_and_largest_blocks_of_known_nodes(
 
 def test_json_pending_pods_and_why_they_wait(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
     pending = {f"{p['namespace']}/{p['name']}": p for p in run_json(capsys, kubeconfig)["pending"]}
-    assert set(pending) == {"ml/big-model", "ml/cores", "default/wrong-sched"}
+    assert set(pending) == {"ml/big-model", "ml/cores", "default/wrong-sched", "ml/with-sidecar"}
+    assert pending["ml/with-sidecar"]["requests"] == {"neuron": 7}  # the setup container beside the sidecar
     big = pending["ml/big-model"]
     assert big["requests"] == {"neuron": 8}
     assert big["reason"] == "FailedScheduling" and big["message"] == recorded.NEW_MESSAGE  # the newest event
@@ -102,6 +103,15 @@ def test_json_pending_pods_and_why_they_wait(capsys: pytest.CaptureFixture[str],
     wrong = pending["default/wrong-sched"]
     assert wrong["reason"] == "NotAttempted"
     assert any("not neuron-contig-scheduler" in w for w in wrong["warnings"])
+
+
+def test_a_renamed_scheduler_is_named_with_scheduler_name(capsys: pytest.CaptureFixture[str], kubeconfig: Path) -> None:
+    # An install whose chart sets schedulerName: pods of that scheduler get no "not guaranteed contiguous"
+    # warning, and pods of neuron-contig-scheduler (not the install's) do.
+    doc = run_json(capsys, kubeconfig, "--scheduler-name", "default-scheduler")
+    pending = {f"{p['namespace']}/{p['name']}": p for p in doc["pending"]}
+    assert pending["default/wrong-sched"]["warnings"] == []
+    assert any("not default-scheduler" in w for w in pending["ml/big-model"]["warnings"])
 
 
 def test_reads_only_with_paged_lists(
@@ -123,7 +133,7 @@ def test_table_reads_well_at_100_nodes(capsys: pytest.CaptureFixture[str], kubec
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("100 Neuron nodes; ")
-    assert "3 Pending pods need Neuron" in lines[0]
+    assert "4 Pending pods need Neuron" in lines[0]
     header = next(i for i, line in enumerate(lines) if line.startswith("NODE "))
     legend = next(i for i, line in enumerate(lines) if line.startswith("map: "))
     rows = [line for line in lines[header:legend] if NODE_ROW.match(line)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubectl_neuron.render import FREE_GLYPH, SHARED_GLYPH, UNHEALTHY_GLYPH, device_map, node_json
-from kubectl_neuron.view import DeviceStatus, build_node, neuron_requests
+from kubectl_neuron.view import DeviceStatus, build_node, build_pending, neuron_requests
 from neuronalloc import CATALOG, PodHolding, Resource, decode_ranges, largest_free_block, resolve_topology
+from neuronalloc.requests import RequestError
 from tests.kubectl_neuron.recorded import node, state_annotations
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -80,6 +82,33 @@ def test_requests_take_the_larger_of_app_sum_and_init_max() -> None:
     assert neuron_requests({"spec": {"containers": [container({"cpu": "1"})]}}) == {}
     requests_only = {"spec": {"containers": [{"resources": {"requests": {"aws.amazon.com/neuroncore": "3"}}}]}}
     assert neuron_requests(requests_only) == {"neuroncore": 3}
+
+
+def test_a_sidecar_keeps_its_devices_for_the_pods_life() -> None:
+    # A 2-device sidecar (restartable init container) and a 4-device app run together: the pod holds 6, as the
+    # extender places it, not max(4, 2).
+    pod = {
+        "spec": {
+            "initContainers": [
+                {"name": "side", "restartPolicy": "Always", "resources": {"limits": {"aws.amazon.com/neuron": "2"}}},
+                {"name": "setup", "resources": {"limits": {"aws.amazon.com/neuron": "7"}}},
+            ],
+            "containers": [{"name": "app", "resources": {"limits": {"aws.amazon.com/neuron": "4"}}}],
+        }
+    }
+    assert neuron_requests(pod) == {"neuron": 7 + 2}  # the regular init runs beside the sidecar before it
+    pod["spec"]["initContainers"][1]["resources"]["limits"]["aws.amazon.com/neuron"] = "3"  # type: ignore[index]
+    assert neuron_requests(pod) == {"neuron": 6}
+
+
+def test_a_malformed_quantity_is_an_error_not_zero() -> None:
+    pod = {"spec": {"containers": [{"name": "app", "resources": {"limits": {"aws.amazon.com/neuron": "1.5"}}}]}}
+    with pytest.raises(RequestError, match="not a whole number"):
+        neuron_requests(pod)
+    shown = build_pending({**pod, "metadata": {"namespace": "ml", "name": "bad"}}, None)
+    assert shown is not None
+    assert shown.reason == "InvalidRequest"
+    assert "1.5" in shown.message and not shown.requests
 
 
 def test_a_neurondevice_pod_is_listed_and_told_why_it_may_wait() -> None:

@@ -48,15 +48,19 @@ class PluginEndpoint:
     updates: list[dict[str, str]] = field(default_factory=list)  # each: device ID -> health
     update_times: list[float] = field(default_factory=list)
     stream_closed: threading.Event = field(default_factory=threading.Event)
+    fail_after: int | None = None  # break the stream once this many device lists have arrived
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     def follow(self) -> None:
+        call = self.stub.ListAndWatch(dp_pb2.Empty())
         try:
-            for response in self.stub.ListAndWatch(dp_pb2.Empty()):
+            for response in call:
                 with self._cond:
                     self.updates.append({d.ID: d.health for d in response.devices})
                     self.update_times.append(time.monotonic())
                     self._cond.notify_all()
+                if self.fail_after is not None and len(self.updates) >= self.fail_after:
+                    call.cancel()  # the plugin's stream fails: its send is not delivered, the stream ends
         except grpc.RpcError:
             pass
         finally:
@@ -89,6 +93,8 @@ class KubeletStub:
         self.registrations: list[tuple[float, dp_pb2.RegisterRequest]] = []
         self.endpoints: dict[str, PluginEndpoint] = {}
         self.reject_with: str | None = None  # set to make Register fail with this message
+        # resource -> N: the next stream of that resource fails once N device lists have been sent on it
+        self.fail_stream_after: dict[str, int] = {}
         self._server: grpc.Server | None = None
         self._retired: list[grpc.Server] = []
         self._lock = threading.Lock()
@@ -109,6 +115,7 @@ class KubeletStub:
         options = stub.GetDevicePluginOptions(dp_pb2.Empty(), timeout=10)
         endpoint = PluginEndpoint(request.resource_name, socket_path, channel, stub, options)
         with self._lock:
+            endpoint.fail_after = self.fail_stream_after.pop(request.resource_name, None)
             self.registrations.append((time.monotonic(), request))
             previous = self.endpoints.get(request.resource_name)
             self.endpoints[request.resource_name] = endpoint

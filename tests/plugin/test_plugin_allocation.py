@@ -55,7 +55,7 @@ def test_preferred_is_a_valid_block_of_usable_offered_devices(
     assert validate(view, Resource.NEURON, [str(d) for d in chosen]) == chosen  # Allocate accepts it
 
 
-def test_validate_reports_the_first_broken_rule() -> None:
+def test_validate_reports_the_first_failed_check() -> None:
     view = make_view(1, frozenset({9}))  # trn1: core 9 is on device 4
     cases = {
         ("99",): (Rejection.INVALID_ARGUMENT, "unknown_id"),
@@ -64,10 +64,10 @@ def test_validate_reports_the_first_broken_rule() -> None:
         ("4", "5", "6", "7"): (Rejection.FAILED_PRECONDITION, "shared_hardware"),
         (): (Rejection.INVALID_ARGUMENT, "empty_request"),
     }
-    for ids, (kind, rule) in cases.items():
+    for ids, (kind, check) in cases.items():
         with pytest.raises(AllocationRejected) as caught:
             validate(view, Resource.NEURON, list(ids))
-        assert (caught.value.kind, caught.value.rule) == (kind, rule), ids
+        assert (caught.value.kind, caught.value.check) == (kind, check), ids
     view.set_unhealthy({0: "device_node_missing"})
     with pytest.raises(AllocationRejected, match=r"unhealthy devices \[0\] \(0: device_node_missing\)"):
         validate(view, Resource.NEURONCORE, ["0", "1"])
@@ -119,7 +119,7 @@ def test_more_ids_than_the_node_has_are_refused_without_listing_them() -> None:
     many = [str(i) for i in range(10_000)]
     with pytest.raises(AllocationRejected) as caught:
         validate(view, Resource.NEURON, many)
-    assert (caught.value.kind, caught.value.rule) == (Rejection.INVALID_ARGUMENT, "too_many_ids")
+    assert (caught.value.kind, caught.value.check) == (Rejection.INVALID_ARGUMENT, "too_many_ids")
     assert "10000 aws.amazon.com/neuron IDs" in caught.value.message and len(caught.value.message) <= 600
     with pytest.raises(AllocationRejected, match=r"10000 aws\.amazon\.com/neuron IDs offered"):
         preferred(view, Resource.NEURON, many, [], 4)
@@ -142,7 +142,7 @@ def test_without_a_podresources_read_both_decisions_refuse_and_say_why() -> None
     ):
         with pytest.raises(AllocationRejected) as caught:
             decide()
-        assert (caught.value.kind, caught.value.rule) == (Rejection.FAILED_PRECONDITION, "podresources_stale")
+        assert (caught.value.kind, caught.value.check) == (Rejection.FAILED_PRECONDITION, "podresources_stale")
         assert "PodResources" in caught.value.message and "kubelet retries" in caught.value.message
 
 

@@ -350,6 +350,27 @@ def test_reregisters_when_the_stream_is_cancelled(trn1: Cluster) -> None:
     assert trn1.kubelet.registration_count(NEURONCORE) == 1
 
 
+def test_a_stream_that_fails_on_its_third_send_is_recovered_with_the_full_device_list(trn1: Cluster) -> None:
+    # Intel's listAndWatchServerStub, over real gRPC: kubelet's stream breaks right after the third device list
+    # (the first, then two health changes). The plugin must notice, register again, and the new stream must
+    # start with every device and its current health, not only the change.
+    trn1.kubelet.fail_stream_after[NEURON] = 3
+    endpoints = start(trn1, "trn1.32xlarge")
+    first = endpoints[NEURON]
+    first.wait_for_devices(lambda d: len(d) == 16)
+    trn1.node.remove_device(3)
+    first.wait_for_devices(lambda d: d["3"] == "Unhealthy")
+    trn1.node.remove_device(5)
+    assert first.stream_closed.wait(10), "the stream did not fail on its third send"
+    assert len(first.updates) == 3
+    again = trn1.kubelet.wait_registered(NEURON, count=2)
+    again.wait_for_devices(lambda d: len(d) == 16)
+    listed = again.updates[0]
+    assert len(listed) == 16 and listed["3"] == listed["5"] == "Unhealthy"
+    assert sum(h == "Healthy" for h in listed.values()) == 14
+    assert trn1.kubelet.registration_count(NEURONCORE) == 1  # the other resource's stream was left alone
+
+
 def test_reregisters_when_kubelet_comes_back_after_a_long_absence(trn1: Cluster) -> None:
     start(trn1, "trn1.32xlarge")
     absent_then_back = []
@@ -427,6 +448,8 @@ def test_metrics_and_healthz(trn1: Cluster) -> None:
     endpoints = start(trn1, "trn1.32xlarge", ["--metrics-port", str(port)])
     allocate(endpoints[NEURON], ids(8, 9, 10, 11))
     allocate_error(endpoints[NEURON], ids(0, 2))
+    with pytest.raises(grpc.RpcError):  # a refused GetPreferredAllocation is counted, with its result
+        preferred(endpoints[NEURON], ids(*range(16)), 3)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
         assert reply.status == 200
 
@@ -450,3 +473,11 @@ def test_metrics_and_healthz(trn1: Cluster) -> None:
     ):
         assert line in text, line
     assert 'neuron_contig_plugin_rpc_duration_seconds_count{resource="neuron",rpc="Allocate"} 2.0' in text
+    for resource, result, rpc, count in (
+        ("neuron", "ok", "Allocate", 1),
+        ("neuron", "invalid_argument", "Allocate", 1),
+        ("neuron", "invalid_argument", "GetPreferredAllocation", 1),
+        ("neuroncore", "failed_precondition", "GetPreferredAllocation", 0),
+    ):
+        line = f'neuron_contig_plugin_rpcs_total{{resource="{resource}",result="{result}",rpc="{rpc}"}} {count}.0'
+        assert line in text, line

@@ -36,3 +36,25 @@ def test_field_numbers_match_the_fact_sheet() -> None:
     assert numbers[("ContainerAllocateResponse", "cdi_devices")] == 5
     assert numbers[("RegisterRequest", "options")] == 4
     assert numbers[("Device", "topology")] == 3
+
+
+def test_dra_and_registration_services_carry_the_upstream_paths() -> None:
+    """Kubelet dials /k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/... and /pluginregistration.Registration/...:
+    the package names must be upstream's, whatever directory the files live in."""
+    from plugin._proto.dra.v1 import api_pb2 as dra_pb2
+    from plugin._proto.pluginregistration.v1 import api_pb2 as reg_pb2
+
+    dra = dra_pb2.DESCRIPTOR.services_by_name["DRAPlugin"]
+    assert [m.full_name for m in dra.methods] == [
+        "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.NodePrepareResources",
+        "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin.NodeUnprepareResources",
+    ]
+    registration = reg_pb2.DESCRIPTOR.services_by_name["Registration"]
+    assert [m.full_name for m in registration.methods] == [
+        "pluginregistration.Registration.GetInfo",
+        "pluginregistration.Registration.NotifyRegistrationStatus",
+    ]
+    device = {f.name: f.number for f in dra_pb2.Device.DESCRIPTOR.fields}
+    assert device == {"request_names": 1, "pool_name": 2, "device_name": 3, "cdi_device_ids": 4, "share_id": 5}
+    info = {f.name: f.number for f in reg_pb2.PluginInfo.DESCRIPTOR.fields}
+    assert info == {"type": 1, "name": 2, "endpoint": 3, "supported_versions": 4}

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neuronalloc import Resource, decode_node_state
+from neuronalloc import INSTANCE_TYPE_LABEL, Resource, decode_node_state
 from neuronalloc.nodestate import NodeState
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCHEDULER = "neuron-contig-scheduler"
-INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 
 
 class Kubectl:

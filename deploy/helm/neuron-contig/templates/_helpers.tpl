@@ -111,3 +111,13 @@ checksum/extender-ca: {{ (include "neuron-contig.chartTLS" . | fromJson).ca | sh
 {{- fail "extender.metricsPort must differ from extender.port: the metrics port is plain HTTP, the verbs port is not" -}}
 {{- end -}}
 {{- end }}
+
+{{/* mode: which Neuron nodes' DaemonSets (and the device-plugin mode's scheduler side) this release installs.
+A node labelled neuron-contig.io/mode=dra runs the DRA driver, any other the device plugin: never both. */}}
+{{- define "neuron-contig.devicePluginMode" -}}
+{{- if has .Values.mode (list "device-plugin" "both") }}true{{ end -}}
+{{- end }}
+
+{{- define "neuron-contig.draMode" -}}
+{{- if has .Values.mode (list "dra" "both") }}true{{ end -}}
+{{- end }}

@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/component-base/cli"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
@@ -19,6 +20,9 @@ subcommands:
   etcd         embedded etcd (go.etcd.io/etcd/server/v3/embed) on loopback
   apiserver    the real kube-apiserver (k8s.io/kubernetes/cmd/kube-apiserver/app)
   scheduler    the real kube-scheduler (k8s.io/kubernetes/cmd/kube-scheduler/app)
+  controller-manager
+               the real kube-controller-manager (k8s.io/kubernetes/cmd/kube-controller-manager/app);
+               the DRA tests run only its resourceclaim-controller (--controllers=resourceclaim-controller)
   node         a simulated Neuron node: real kubelet device manager + PodResources server
   stockplugin  a naive device plugin without GetPreferredAllocation (the "before" baseline)
 `
@@ -36,6 +40,10 @@ func main() {
 		os.Exit(cli.Run(cmd))
 	case "scheduler":
 		cmd := scheduler.NewSchedulerCommand()
+		cmd.SetArgs(args)
+		os.Exit(cli.Run(cmd))
+	case "controller-manager":
+		cmd := controllermanager.NewControllerManagerCommand()
 		cmd.SetArgs(args)
 		os.Exit(cli.Run(cmd))
 	case "etcd":
