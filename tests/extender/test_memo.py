@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from extender.cache import ClusterStore
-from extender.requests import PodRequest
 from extender.verdicts import Verdicts
 from extender.wire import parse_pod
 from neuronalloc import CATALOG
+from neuronalloc.requests import PodRequest
 
 from .builders import container, node_doc, node_state, pod_doc
 
