@@ -38,8 +38,8 @@ __all__ = ["ApiException", "KubeApi", "Reflector", "WatchEvent"]
 
 log = get_logger(__name__)
 
-Kind = Literal["nodes", "pods"]
-KINDS: tuple[Kind, ...] = ("nodes", "pods")
+Kind = Literal["nodes", "pods", "pending"]
+KINDS: tuple[Kind, ...] = ("nodes", "pods")  # what the store is built from; "pending" feeds the metrics only
 # Pods that hold devices are bound and not finished; the server-side selector keeps the watch small.
 _UNFINISHED = "status.phase!=Succeeded,status.phase!=Failed"
 _ACTIVE_BOUND_PODS = f"spec.nodeName!=,{_UNFINISHED}"
@@ -53,7 +53,9 @@ class WatchEvent:
 
 
 class KubeApi:
-    def __init__(self, kubeconfig: str = "", *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, kubeconfig: str = "", *, request_timeout: float = 10.0, scheduler_name: str = "neuron-contig-scheduler"
+    ) -> None:
         configuration = client.Configuration()
         if kubeconfig:
             config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
@@ -62,6 +64,9 @@ class KubeApi:
         # Binds run in parallel threads (one per node being bound); the default pool of 5 x cores would
         # discard connections under a burst.
         configuration.connection_pool_maxsize = 32
+        # Unbound pods of our scheduler: how the extender learns that a pod it counted as unschedulable was
+        # deleted (the bound-pod watch never sees such a pod).
+        self._pending_selector = f"spec.nodeName=,spec.schedulerName={scheduler_name},status.phase=Pending"
         api_client = client.ApiClient(configuration)
         self._api = client.CoreV1Api(api_client)
         self._leases = client.CoordinationV1Api(api_client)
@@ -105,7 +110,8 @@ class KubeApi:
         """One list call (a watch, with watch=True) for `kind`; pods only those that can hold devices."""
         if kind == "nodes":
             return self._api.list_node(**options)
-        return self._api.list_pod_for_all_namespaces(field_selector=_ACTIVE_BOUND_PODS, **options)
+        selector = self._pending_selector if kind == "pending" else _ACTIVE_BOUND_PODS
+        return self._api.list_pod_for_all_namespaces(field_selector=selector, **options)
 
     def get_pod(self, namespace: str, name: str, *, timeout: float | None = None) -> Any:
         return self._json(

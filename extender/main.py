@@ -33,10 +33,11 @@ from extender.ratelog import Throttle
 from extender.server import ServerSettings, build_app, build_metrics_app
 from extender.tls import TlsFiles
 from extender.verdicts import Verdicts
+from extender.wire import WireError, object_key
 from neuroncli.flags import Flag, add_flags
 from neuronlog import configure_logging, get_logger
 
-__all__ = ["Config", "main", "parse_config", "reflectors_for", "throttle_library_logs", "tune_gc"]
+__all__ = ["Config", "main", "parse_config", "pending_reflector", "reflectors_for", "throttle_library_logs", "tune_gc"]
 
 log = get_logger("extender")
 
@@ -156,6 +157,30 @@ def reflectors_for(
     return [Reflector(api, kind, deliver, watch_timeout=watch_timeout) for kind in KINDS]
 
 
+def pending_reflector(
+    api: KubeApi, metrics: ExtenderMetrics, loop: asyncio.AbstractEventLoop, *, watch_timeout: int
+) -> Reflector:
+    """A watch on our scheduler's unbound pods, so the pending count forgets a pod once it is deleted or bound
+    (it leaves the watch's selector: the API server sends DELETED)."""
+
+    def on_loop(event: WatchEvent) -> None:
+        keys = []
+        for doc in event.objects:
+            try:
+                keys.append(object_key("pods", doc))
+            except WireError:
+                continue  # a pod without a name cannot be one we counted
+        if event.type == "SYNC":
+            metrics.keep_pending_only(keys)
+        elif event.type == "DELETED":
+            metrics.forget_pods(keys)
+
+    def deliver(event: WatchEvent) -> None:
+        loop.call_soon_threadsafe(on_loop, event)
+
+    return Reflector(api, "pending", deliver, watch_timeout=watch_timeout)
+
+
 def tune_gc() -> None:
     """Fewer, later collections. The cache holds millions of small long-lived objects at 5,000 nodes; with
     CPython's default thresholds a full collection walks them all, mid-request, every few thousand
@@ -194,7 +219,7 @@ async def _serve(cfg: Config) -> int:
     reflectors: list[Reflector] = []
     if not cfg.standalone:
         try:
-            api = KubeApi(cfg.kubeconfig)
+            api = KubeApi(cfg.kubeconfig, scheduler_name=cfg.scheduler_name)
         except (ConfigException, OSError) as err:
             log.error(
                 "extender.no_api_server",
@@ -204,6 +229,7 @@ async def _serve(cfg: Config) -> int:
             )
             return 2
         reflectors = reflectors_for(api, store, loop, watch_timeout=cfg.watch_timeout)
+        reflectors.append(pending_reflector(api, metrics, loop, watch_timeout=cfg.watch_timeout))
         pods = next(r for r in reflectors if r.kind == "pods")
         binder = Binder(
             api, verdicts, SeenPods(), settings=BindSettings(scheduler_name=cfg.scheduler_name),

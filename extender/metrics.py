@@ -157,20 +157,30 @@ class ExtenderMetrics:
 
     def pod_schedulable(self, pod_key: str, resources: Iterable[str], schedulable: bool) -> None:
         """Track which pods the latest filter left with no node, to export a count per resource."""
-        previous = self._unschedulable.pop(pod_key, None)
-        if previous is not None:
-            for resource in previous:
-                self.pods_unschedulable.labels(resource).dec()
+        self._drop_unschedulable(pod_key)
         if schedulable:
             return
         if len(self._unschedulable) >= _UNSCHEDULABLE_LIMIT:
-            oldest = next(iter(self._unschedulable))
-            for resource in self._unschedulable.pop(oldest):
-                self.pods_unschedulable.labels(resource).dec()
+            self._drop_unschedulable(next(iter(self._unschedulable)))
         held = frozenset(resources)
         self._unschedulable[pod_key] = held
         for resource in held:
             self.pods_unschedulable.labels(resource).inc()
+
+    def forget_pods(self, pod_keys: Iterable[str]) -> None:
+        """Pods that are gone or bound: no longer waiting, whatever their latest filter said."""
+        for key in pod_keys:
+            self._drop_unschedulable(key)
+
+    def keep_pending_only(self, pod_keys: Iterable[str]) -> None:
+        """A full list of the pods still waiting: forget every other one (deleted while the watch was down)."""
+        waiting = set(pod_keys)
+        for key in [k for k in self._unschedulable if k not in waiting]:
+            self._drop_unschedulable(key)
+
+    def _drop_unschedulable(self, pod_key: str) -> None:
+        for resource in self._unschedulable.pop(pod_key, ()):
+            self.pods_unschedulable.labels(resource).dec()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -418,12 +418,6 @@ def test_a_released_core_loses_its_info_series(scene: Scene) -> None:
 # ---- the extender -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="extender bug (extender/metrics.py pod_schedulable): a pod deleted while Pending stays counted in "
-    "neuron_contig_extender_pods_unschedulable until the replica restarts; the extender should forget a pod when "
-    "its watch sees it deleted or bound",
-)
 def test_pending_count_forgets_deleted_pods(scene: Scene) -> None:
     ensure_pending(scene)
     scene.pool.delete(*PENDING)

@@ -188,6 +188,8 @@ class FakeApiServer:
             value = value.lstrip("=")
             if field == "spec.nodeName":
                 actual = (obj.get("spec") or {}).get("nodeName") or ""
+            elif field == "spec.schedulerName":
+                actual = (obj.get("spec") or {}).get("schedulerName") or "default-scheduler"
             elif field == "status.phase":
                 actual = (obj.get("status") or {}).get("phase") or ""
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import pytest
 from extender.bind import Binder
 from extender.cache import ClusterStore
 from extender.kube import KubeApi, Reflector
-from extender.main import reflectors_for
+from extender.main import pending_reflector, reflectors_for
 from extender.metrics import ExtenderMetrics
 from extender.server import ServerSettings, build_app
 from extender.verdicts import Verdicts
@@ -328,3 +329,39 @@ def test_relist_interrupts_an_idle_watch_at_once_and_never_blocks_the_caller(api
     finally:
         reflector.stop()
         loop.close()
+
+
+def test_the_pending_count_forgets_a_pod_deleted_while_it_waits(api: tuple[FakeApiServer, Path]) -> None:
+    """neuron_contig_extender_pods_unschedulable counted a pod deleted while Pending until the replica restarted:
+    the bound-pod watch never sees such a pod. The pending-pod watch (main's wiring) forgets it, and a relist
+    forgets what was deleted while no watch was open."""
+    fake, kubeconfig = api
+    for name in ("waits", "gone", "gone-while-down"):
+        fake.put("pods", pod_doc(name, neuron=16))
+    fake.put("pods", {**pod_doc("other-scheduler", neuron=16), "spec": {"schedulerName": "default-scheduler"}})
+    metrics = ExtenderMetrics()
+    for name in ("waits", "gone", "gone-while-down"):
+        metrics.pod_schedulable(f"default/{name}", {"neuron"}, False)
+
+    def counted() -> float:
+        value = metrics.registry.get_sample_value("neuron_contig_extender_pods_unschedulable", {"resource": "neuron"})
+        return value if value is not None else -1.0
+
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    reflector = pending_reflector(KubeApi(str(kubeconfig)), metrics, loop, watch_timeout=1)
+    try:
+        reflector.start()
+        time.sleep(0.5)
+        assert counted() == 3
+        fake.delete("pods", "default/gone")
+        eventually(lambda: counted() == 2, "the deleted pod forgotten")
+        fake.delete("pods", "default/gone-while-down")
+        fake.compact()  # the watch must relist: the full list forgets what is not in it
+        eventually(lambda: counted() == 1, "the pod deleted before a relist forgotten")
+    finally:
+        reflector.stop()
+        reflector.join(10)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
