@@ -359,17 +359,31 @@ class Cluster:
     def start_extender(self, extra_args: Sequence[str] = (), launcher: Sequence[str] = ()) -> ManagedProcess:
         """Our extender; `extra_args` go after the harness's own flags, `launcher` before the executable (a
         profiler, say: `python -m cProfile -o FILE`)."""
+        self.extender = self.launch_extender(self.extender_port, extra_args=extra_args, launcher=launcher)
+        return self.extender
+
+    def launch_extender(
+        self,
+        port: int,
+        *,
+        name: str = "neuron-scheduler-extender",
+        extra_args: Sequence[str] = (),
+        launcher: Sequence[str] = (),
+    ) -> ManagedProcess:
+        """An extender listening on `port`, with the cluster's kubeconfig and extender PKI, returned once it answers
+        /readyz there. `start_extender` runs the cluster's own on `extender_port`; any other is the caller's to
+        stop (a second replica, say, logging to `name`.log)."""
         exe = shutil.which("neuron-scheduler-extender")
         if exe is None:
             raise RuntimeError("neuron-scheduler-extender is not installed (pip install -e .)")
         pki = self.extender_pki
-        self.extender = self._process(
-            "neuron-scheduler-extender",
+        extender = self._process(
+            name,
             [
                 *launcher,
                 exe,
                 "--address=127.0.0.1",
-                f"--port={self.extender_port}",
+                f"--port={port}",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--tls-cert-file={pki.server.cert}",
                 f"--tls-key-file={pki.server.key}",
@@ -379,12 +393,10 @@ class Cluster:
                 *extra_args,
             ],
         ).start()
-        url = f"{self.extender_url}/readyz"
+        url = f"https://127.0.0.1:{port}/readyz"
         context = self.extender_ssl_context()
-        wait_for(
-            "extender /readyz", lambda: _http_ok(url, context=context), timeout=STARTUP_TIMEOUT, watch=[self.extender]
-        )
-        return self.extender
+        wait_for(f"{name} /readyz", lambda: _http_ok(url, context=context), timeout=STARTUP_TIMEOUT, watch=[extender])
+        return extender
 
     def restart_extender(self) -> None:
         if self.extender is not None:

@@ -1,0 +1,319 @@
+"""Two and three extender replicas behind one address never over-commit the last blocks of real nodes.
+
+In production kube-scheduler reaches the extender through a Service: each new TCP connection goes to any
+replica, and only the holder of the binder Lease binds (the others forward /bind to it; extender/bind.py,
+extender/lease.py, extender/forward.py). Here the Service is `RoundRobinProxy`, a loopback TCP proxy on the port
+the scheduler is configured with (`Cluster.extender_port`) that hands each new connection to the next replica.
+It sees only bytes, so mutual TLS passes through it untouched, from the scheduler to a replica. The replicas are
+real `neuron-scheduler-extender` processes with the cluster's PKI, each on its own port, advertising 127.0.0.1.
+
+A burst of pods asks for more blocks than the nodes have left. Non-holders answer filter from their own watch-fed
+view, which does not yet know the holder's latest bindings, so several pods are sent to bind to the same last
+block; the holder must refuse all but one. Kubelet would fail a second pod's admission
+(`UnexpectedAdmissionError`), so a Failed pod, a shared device, or fewer Running pods than the free blocks hold
+each fail the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from neuronalloc import Resource
+from neuronalloc.blocks import free_blocks
+from tests.cluster.harness import Cluster
+from tests.cluster.processes import ManagedProcess, WaitTimeout, free_port, wait_for
+from tests.cluster.workload import Pool
+
+NODES = {"inf1-24": "inf1.24xlarge", "trn1-32": "trn1.32xlarge"}  # 16 devices each: eight blocks of 4
+# The fill: each node full of small pods (trn1 has no blocks of 2), of which those on FREED are deleted again.
+FILL_SIZE = {"inf1.24xlarge": 2, "trn1.32xlarge": 1}
+# Ten devices free per node, but one block of 4 (0-3): 6-7, 10-11 and 14-15 are pairs apart.
+FREED = frozenset({0, 1, 2, 3, 6, 7, 10, 11, 14, 15})
+SIZE = 4
+BURST = 20  # pods of SIZE created at once for the pool's last blocks
+SETTLE_TIMEOUT = 45.0
+STABLE_FOR = 3.0  # seconds the set of Running pods must not change before the burst counts as settled
+FORWARDED = "neuron_contig_extender_binds_forwarded"
+BINDER_ACTIVE = "neuron_contig_extender_binder_active"
+
+
+class RoundRobinProxy:
+    """A Service's load balancing, per connection: each accepted connection is piped, byte for byte, to the next
+    backend port in turn. At most `max_connections` are open at once; one more is closed at once (a client
+    reconnects, as it would to a full Service endpoint)."""
+
+    def __init__(self, port: int, backends: Sequence[int], *, max_connections: int = 64) -> None:
+        self.port = port
+        self.backends = tuple(backends)
+        self.max_connections = max_connections
+        self.accepted = [0] * len(self.backends)  # connections handed to each backend
+        self.refused = 0
+        self._next = 0
+        self._open: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="round-robin-proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+
+    def start(self) -> RoundRobinProxy:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
+        try:
+            future.result(timeout=10)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._open) >= self.max_connections:
+            self.refused += 1
+            client_w.close()
+            return
+        self._open.add(task)
+        index = self._next % len(self.backends)
+        self._next += 1
+        self.accepted[index] += 1
+        upstream_w: asyncio.StreamWriter | None = None
+        try:
+            upstream_r, connected = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.backends[index]), timeout=5
+            )
+            upstream_w = connected
+            await asyncio.gather(_pipe(client_r, connected), _pipe(upstream_r, client_w))
+        except (OSError, TimeoutError):
+            pass  # the backend is down: the client sees its connection closed, as through a Service
+        except asyncio.CancelledError:
+            pass  # the proxy is closing
+        finally:
+            self._open.discard(task)
+            for writer in (client_w, upstream_w):
+                if writer is not None:
+                    writer.close()
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._open):
+            task.cancel()
+        await asyncio.gather(*self._open, return_exceptions=True)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy until end of stream, then half-close the other side (TLS close_notify and TCP FIN pass through)."""
+    try:
+        while data := await source.read(64 * 1024):
+            sink.write(data)
+            await sink.drain()
+        if sink.can_write_eof():
+            sink.write_eof()
+    except (OSError, RuntimeError):
+        sink.close()
+
+
+class Replicas:
+    """`count` extender processes sharing one binder Lease, on ports of their own."""
+
+    def __init__(self, cluster: Cluster, count: int, lease: str) -> None:
+        self.cluster = cluster
+        self.ports = [free_port() for _ in range(count)]
+        self.procs: list[ManagedProcess] = []
+        self.lease = lease
+
+    def start(self) -> None:
+        for i, port in enumerate(self.ports):
+            self.procs.append(
+                self.cluster.launch_extender(
+                    port,
+                    name=f"extender-replica-{i}",
+                    extra_args=["--advertise-address=127.0.0.1", f"--lease-name={self.lease}"],
+                )
+            )
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+    def samples(self, metric: str) -> list[dict[tuple[tuple[str, str], ...], float]]:
+        """Per replica: the samples of `metric` (a counter's `_total` included), by their labels."""
+        context = self.cluster.extender_ssl_context()
+        out = []
+        for port in self.ports:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=5, context=context) as response:
+                text = response.read().decode()
+            found: dict[tuple[tuple[str, str], ...], float] = {}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in (metric, f"{metric}_total"):
+                        found[tuple(sorted(sample.labels.items()))] = sample.value
+            out.append(found)
+        return out
+
+    def holders(self) -> list[int]:
+        """Indexes of the replicas that say they hold the binder Lease."""
+        return [i for i, found in enumerate(self.samples(BINDER_ACTIVE)) if sum(found.values()) == 1]
+
+    def forwarded(self) -> dict[str, float]:
+        """Binds forwarded to the holder, summed over the replicas, by result."""
+        total: dict[str, float] = {}
+        for found in self.samples(FORWARDED):
+            for labels, value in found.items():
+                result = dict(labels).get("result", "")
+                total[result] = total.get(result, 0.0) + value
+        return total
+
+
+@contextlib.contextmanager
+def replicas_behind_one_address(cluster: Cluster, count: int, lease: str) -> Iterator[tuple[Replicas, RoundRobinProxy]]:
+    """Swap the cluster's one extender for `count` replicas behind a round-robin proxy on the same port; put the
+    one extender back afterwards (it hands its own Lease back when it stops, so it binds again at once)."""
+    if cluster.extender is not None:
+        cluster.extender.stop()
+    replicas = Replicas(cluster, count, lease)
+    proxy: RoundRobinProxy | None = None
+    try:
+        replicas.start()
+        # A holder before the scheduler sends anything (the others read its address on their next lease round;
+        # a bind reaching one before then waits for it).
+        holders = wait_for(
+            "a replica to hold the binder lease", lambda: replicas.holders() or None, timeout=30, watch=replicas.procs
+        )
+        assert len(holders) == 1, f"replicas {holders} all say they hold the binder lease"
+        proxy = RoundRobinProxy(cluster.extender_port, replicas.ports).start()
+        yield replicas, proxy
+    finally:
+        if proxy is not None:
+            proxy.close()
+        replicas.stop()
+        cluster.start_extender()
+
+
+def _free_devices(pool: Pool) -> dict[str, set[int]]:
+    """Per node of the pool, the devices no Running pod holds."""
+    free = {name: set(range(node.devices)) for name, node in pool.nodes.items()}
+    for pod in pool.pods():
+        if pod.status.phase == "Running":
+            alloc = pool.allocation(pod.metadata.name)
+            free[alloc.node].difference_update(alloc.of(Resource.NEURON))
+    return free
+
+
+def _block_capacity(pool: Pool, size: int) -> int:
+    """How many more pods of `size` devices the pool's free devices can hold: disjoint legal blocks, counted per
+    node lowest start first (optimal for blocks of one size on a line of devices)."""
+    capacity = 0
+    for name, free in _free_devices(pool).items():
+        for block in free_blocks(pool.nodes[name].topology, Resource.NEURON, set(free), size):
+            if all(i in free for i in block):  # disjoint from the blocks already counted
+                free.difference_update(block)
+                capacity += 1
+    return capacity
+
+
+def _wait_settled(pool: Pool, names: Sequence[str]) -> dict[str, list[str]]:
+    """Wait until every pod is Running or Pending unbound with a FailedScheduling message, and the Running ones
+    have not changed for STABLE_FOR seconds. Returns the Pending pods' messages. A Failed pod fails at once."""
+    last: list[frozenset[str]] = [frozenset()]
+    since = [time.monotonic()]
+    pending: dict[str, list[str]] = {}
+
+    failed: list[str] = []
+
+    def settled() -> bool:
+        running = set()
+        pending.clear()
+        unsettled = []
+        for pod in pool.pods():
+            name = pod.metadata.name
+            if pod.status.phase == "Failed":  # for good: stop waiting (wait_for takes an exception for "not yet")
+                failed.append(f"pod {name} failed: {pod.status.reason}: {pod.status.message}")
+                return True
+            if pod.status.phase == "Running":
+                running.add(name)
+            elif name in names and not pod.spec.node_name and (messages := pool.scheduling_messages(name)):
+                pending[name] = messages
+            else:
+                unsettled.append(name)
+        now = time.monotonic()
+        if frozenset(running) != last[0]:
+            last[0], since[0] = frozenset(running), now
+        return not unsettled and now - since[0] >= STABLE_FOR
+
+    try:
+        wait_for("the burst to settle", settled, timeout=SETTLE_TIMEOUT, interval=0.5, watch=pool._procs())
+    except WaitTimeout as exc:
+        raise AssertionError(f"{exc}; Running: {sorted(last[0])}") from exc
+    assert not failed, failed[0]
+    return dict(pending)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_replicas_never_overcommit(cluster: Cluster, pool: Pool, count: int) -> None:
+    with replicas_behind_one_address(cluster, count, lease=f"{pool.name}-binder") as (replicas, proxy):
+        for suffix, instance_type in NODES.items():
+            pool.add_node(suffix, instance_type)
+        # Ten free devices per node with room for one block of 4: kube-scheduler's own count (10 >= 4) passes a
+        # node for a second pod after the first took its block, so only the extender stands between the burst and
+        # an over-commit (with the pool's free devices in blocks, the count alone would stop it).
+        fill: dict[str, int] = {}
+        for node in pool.nodes.values():
+            size = FILL_SIZE[node.instance_type]
+            for i in range(node.devices // size):
+                name = pool.create(f"fill-{node.instance_type[:4]}-{i}", Resource.NEURON, size,
+                                   instance_type=node.instance_type)  # fmt: skip
+                fill[name] = size
+        pool.wait_phase(fill)
+        pool.delete(*(name for name in fill if FREED.issuperset(pool.allocation(name).of(Resource.NEURON))))
+        capacity = _block_capacity(pool, SIZE)
+        free = _free_devices(pool)
+        assert capacity == len(pool.nodes), f"room for {capacity} blocks of {SIZE} in {free}"
+        assert all(len(ids) >= 2 * SIZE for ids in free.values()), f"the count alone would stop the burst: {free}"
+
+        burst = [f"burst-{i}" for i in range(BURST)]
+        for name in burst:
+            pool.create(name, Resource.NEURON, SIZE)
+        pending = _wait_settled(pool, burst)
+
+        pool.assert_no_overcommit()
+        running = [p.metadata.name for p in pool.pods() if p.status.phase == "Running"]
+        for name in running:
+            pool.assert_block_ok(pool.allocation(name), Resource.NEURON, fill.get(name, SIZE))
+        running_burst = sorted(set(running) & set(burst))
+        assert len(running_burst) == capacity, (
+            f"{len(running_burst)} burst pods Running for {capacity} free blocks of {SIZE}: {running_burst}"
+        )
+        assert len(pending) == BURST - capacity, f"Pending: {sorted(pending)}"
+        # The extender said why (kube-scheduler's own count still had room on both nodes).
+        assert any("block" in m for messages in pending.values() for m in messages), pending
+        assert _block_capacity(pool, SIZE) == 0
+
+        for proc in replicas.procs:
+            proc.check_alive()
+        forwarded = replicas.forwarded()
+        connections = dict(zip(replicas.ports, proxy.accepted, strict=True))
+        assert sum(forwarded.values()) > 0, (
+            f"no bind was forwarded to the binder (by result {forwarded}; connections per replica port {connections})"
+        )
+        print(f"replicas={count} forwarded={forwarded} connections={connections} pending message: "
+              f"{next(iter(pending.values()))[-1]!r}")  # fmt: skip
