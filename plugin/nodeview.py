@@ -94,8 +94,10 @@ class NodeView:
         read_holdings: Callable[[], Awaitable[PodHoldings]],
         *,
         clock: Callable[[], float],
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.topology = topology
+        self._wall_clock = wall_clock
         self._read_holdings = read_holdings
         self._clock = clock
         self.ledger = Ledger()
@@ -123,7 +125,7 @@ class NodeView:
         async with self._refresh_lock:
             holdings = await self._read_holdings()
             self.holdings = holdings
-            self.observed_at = datetime.now(UTC).replace(microsecond=0)
+            self.observed_at = self._wall_clock().replace(microsecond=0)
             self.read_at = self._clock()
             self.ledger.reconcile(holdings, self.read_at)
             self.first_read.set()

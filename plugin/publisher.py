@@ -6,6 +6,13 @@ annotations are merge-patched only when they change (plus a slow heartbeat so re
 from a dead one). When the API server is unreachable the plugin keeps serving kubelet; writes back off and
 the newest state is written once it answers.
 
+A write that frees hardware (a pod gone, a device back, serving again) is written once more about a second
+later, with only `observed-at` changed. kube-scheduler retries a waiting pod on the first write's node event,
+and may ask the extender before the extender's own watch has that write: the extender refuses from the older
+state, and nothing else would wake the pod for up to a minute (our heartbeat) or five (the scheduler's flush).
+The echo's node event is a second retry, after the extender has caught up. Writes that only take hardware need
+no echo: they cannot make a waiting pod fit.
+
 The state carries whether the plugin is serving (plugin/serving.py). Before PodResources has answered there
 is no state to write, so only `serving` (not serving, and why) and `plugin-address` are patched, leaving
 whatever an earlier instance wrote marked as not serving. This publisher is the only writer: on SIGTERM it
@@ -19,7 +26,7 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 
-from neuronalloc import encode_node_state
+from neuronalloc import decode_ranges, encode_node_state
 from neuronalloc.nodestate import ALL_KEYS, FREE_CORES, FREE_DEVICES, MAX_REASON, OBSERVED_AT, PLUGIN_ADDRESS, SERVING
 from neuronalloc.text import shorten
 from neuronlog import get_logger
@@ -35,6 +42,7 @@ log = get_logger(__name__)
 POLL_SECONDS = 2.0
 AFTER_ALLOCATE_DELAY_SECONDS = 0.1  # kubelet records an allocation right after Allocate returns
 HEARTBEAT_SECONDS = 60.0
+ECHO_SECONDS = 1.0  # far above the skew between two watchers of one write (milliseconds), far below a heartbeat
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 30.0
 
@@ -58,6 +66,18 @@ def needs_write(desired: Mapping[str, str], written: Mapping[str, str] | None, s
     return {k: v for k, v in desired.items() if k not in ignore} != {
         k: v for k, v in written.items() if k not in ignore
     }
+
+
+def frees_hardware(desired: Mapping[str, str], written: Mapping[str, str] | None) -> bool:
+    """Whether writing `desired` over `written` can make a waiting pod fit: a device or core became free, or
+    the node became serving. Decoding our own canonical encodings cannot fail."""
+    if written is None:
+        return False  # the first write: nobody could have been refused from an earlier state of ours
+    if desired.get(SERVING) == "true" and written.get(SERVING) != "true":
+        return True
+    return any(
+        decode_ranges(desired.get(key, "")) - decode_ranges(written.get(key, "")) for key in (FREE_DEVICES, FREE_CORES)
+    )
 
 
 class Publisher:
@@ -87,6 +107,7 @@ class Publisher:
         self._backoff = 0.0
         self._next_attempt = 0.0
         self._podresources_ok: bool | None = None
+        self._echo_after: float | None = None  # when to write a freeing state once more (see the docstring)
 
     def trigger(self) -> None:
         """Ask for a PodResources read soon (after an Allocate)."""
@@ -144,7 +165,13 @@ class Publisher:
         if now < self._next_attempt and not self._serving.stopping:
             return  # backing off: building the state would be wasted
         desired, full = self._desired(usage)
-        if not needs_write(desired, self._written, now - self._written_at):
+        echo = (
+            self._echo_after is not None
+            and now >= self._echo_after
+            and self._written is not None
+            and desired.get(OBSERVED_AT) != self._written.get(OBSERVED_AT)  # else the patch changes nothing
+        )
+        if not echo and not needs_write(desired, self._written, now - self._written_at):
             return
         # A partial write leaves the other keys alone: they are an earlier state, now marked not serving.
         patch = annotation_patch(desired, self._written if self._written_full else None) if full else dict(desired)
@@ -157,6 +184,10 @@ class Publisher:
             self._next_attempt = now + self._backoff
             log.warning("publish.failed", node=self._node, reason=reason, error=str(error), retry_in=self._backoff)
             return
+        if full and self._written_full and frees_hardware(desired, self._written):
+            self._echo_after = now + ECHO_SECONDS
+        elif self._echo_after is not None and now >= self._echo_after:
+            self._echo_after = None  # this write came late enough to serve as the echo
         self._written, self._written_full, self._written_at = desired, full, now
         self._backoff, self._next_attempt = 0.0, 0.0
         self._metrics.last_publish.set(time.time())
@@ -165,6 +196,7 @@ class Publisher:
         log.info(
             "publish.ok",
             node=self._node,
+            echo=echo,
             serving=desired[SERVING],
             free_devices=desired.get(FREE_DEVICES, ""),
             free_cores=desired.get(FREE_CORES, ""),

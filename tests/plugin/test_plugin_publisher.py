@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuronalloc import PodHolding, Resource, decode_node_state, resolve_topology
-from neuronalloc.nodestate import ALL_KEYS, FREE_CORES, FREE_DEVICES, OBSERVED_AT, PODS
+from neuronalloc.nodestate import ALL_KEYS, FREE_CORES, FREE_DEVICES, OBSERVED_AT, PODS, SERVING
 from plugin._proto.podresources.v1 import api_pb2 as pr_pb2
 from plugin.kubeapi import KubeApiError
 from plugin.metrics import PluginMetrics
 from plugin.nodeview import Ledger, NodeView
 from plugin.podresources import PodHoldings, PodResourcesUnavailable, holdings_from_pod_resources
-from plugin.publisher import HEARTBEAT_SECONDS, Publisher, annotation_patch, needs_write
+from plugin.publisher import HEARTBEAT_SECONDS, Publisher, annotation_patch, frees_hardware, needs_write
 from plugin.serving import Serving
 from tests.plugin.kubelet_stub import pod_resources
 
@@ -205,6 +206,47 @@ def test_publisher_writes_on_change_only_and_rides_out_an_unreachable_api_server
 
     asyncio.run(scenario())
     assert metrics.publish_errors.labels("apiserver_unreachable")._value.get() == 1
+
+
+def test_a_write_that_frees_hardware_is_echoed_once_a_second_later_and_one_that_takes_it_is_not() -> None:
+    """kube-scheduler retries a waiting pod on the node event of the freeing write and can reach the extender
+    before the extender's watch has that write (seen on the cluster tier: the pod then waited a minute). The
+    echo, about a second later and changing only observed-at, is a second event once the extender caught up."""
+    pods = [pod_resources("ml", "a", {NEURON: ["0", "1", "2", "3"]})]
+    api = RecordingNodeApi()
+    now = [0.0]
+    wall = [datetime(2026, 11, 28, 13, 0, 0, tzinfo=UTC)]
+
+    async def read() -> PodHoldings:
+        return holdings_from_pod_resources(pods, TRN1)
+
+    async def at(seconds: float) -> None:
+        now[0] = seconds
+        wall[0] = datetime(2026, 11, 28, 13, 0, 0, tzinfo=UTC) + timedelta(seconds=seconds)
+        await publisher.refresh_once()
+
+    view = NodeView(TRN1, read, clock=lambda: now[0], wall_clock=lambda: wall[0])
+    publisher = Publisher(view, "node-a", api, PluginMetrics(), Serving(view, []), clock=lambda: now[0])
+
+    async def scenario() -> None:
+        await at(0.0)
+        pods.append(pod_resources("ml", "b", {NEURON: ["4", "5"]}))
+        await at(2.0)  # takes hardware: written, no echo
+        await at(4.0)
+        assert [p[FREE_DEVICES] for p in api.patches] == ["4-15", "6-15"]
+        pods.pop()
+        await at(6.0)  # frees 4-5
+        await at(6.5)  # too soon for the echo
+        assert [p[FREE_DEVICES] for p in api.patches] == ["4-15", "6-15", "4-15"]
+        await at(8.0)  # the echo: the same state, a new observed-at
+        await at(10.0)  # once only
+        assert [p[FREE_DEVICES] for p in api.patches] == ["4-15", "6-15", "4-15", "4-15"]
+        assert api.patches[3][OBSERVED_AT] != api.patches[2][OBSERVED_AT]
+
+    asyncio.run(scenario())
+    assert frees_hardware({SERVING: "true"}, {SERVING: "stopping"})
+    assert not frees_hardware({FREE_CORES: "0-3"}, {FREE_CORES: "0-7"})
+    assert not frees_hardware({FREE_CORES: "0-3"}, None)
 
 
 HOLDING = st.fixed_dictionaries(
