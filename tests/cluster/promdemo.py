@@ -1,6 +1,6 @@
 """`python -m tests.cluster.promdemo`: the demo (tests/cluster/demo.py's nodes, pods, refused pod and hardware
 error) watched by a real Prometheus set up from deploy/monitoring/ (tests/cluster/observed.py), then the
-README's operator queries asked with `promtool query instant`, each printed with its answer.
+docs/monitoring.md's operator queries asked with `promtool query instant`, each printed with its answer.
 
 neuron-monitor cannot run here: for the per-pod utilization query, each node's neuron-monitor is a stand-in
 exporter with neuron-monitor's labels (tests/cluster/neuronmonitor.py), reporting utilization 0.01 x (core + 1).

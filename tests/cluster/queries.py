@@ -1,4 +1,4 @@
-"""The PromQL an operator types, as the README's monitoring section shows it (a test keeps them equal, and the
+"""The PromQL an operator types, as docs/monitoring.md shows it (a test keeps them equal, and the
 cluster tier runs each against the live cluster). Plain data: tests/deploy imports it too."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ UTILIZATION_BY_POD = (
     ")"
 )
 
-# (what it answers, PromQL), in the README's order.
+# (what it answers, PromQL), in docs/monitoring.md's order.
 OPERATOR_QUERIES = (
     ("Free devices per node", 'sum by (node) (neuron_contig_plugin_devices{state="free"})'),
     ("Largest free block per node: the biggest device request each node can take now",

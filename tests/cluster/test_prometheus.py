@@ -371,7 +371,7 @@ def test_every_dashboard_query_answers_from_the_live_cluster(scene: Scene) -> No
 
 
 def test_every_operator_query_of_the_readme_answers(scene: Scene) -> None:
-    """The README's queries (tests/cluster/queries.py) return series during the demo workload."""
+    """docs/monitoring.md's queries (tests/cluster/queries.py) return series during the demo workload."""
     ensure_pending(scene)
     scene.feed_neuron_monitor()
     for what, expr in OPERATOR_QUERIES:

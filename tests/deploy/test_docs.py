@@ -1,15 +1,18 @@
-"""The README's reference tables cover every metric of docs/CONTRACTS.md (with its type) and every alert."""
+"""The monitoring doc's reference tables cover every metric of docs/CONTRACTS.md (with its type) and every alert;
+the README links every document."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
 
 from tests.deploy.contracts import contract_metrics
 from tests.deploy.tools import DEPLOY, REPO
 
-DOC = REPO / "README.md"
+DOC = REPO / "docs" / "monitoring.md"
+OPERATING = REPO / "docs" / "operating.md"
 
 
 def table_rows(first_column: str) -> dict[str, list[str]]:
@@ -37,7 +40,7 @@ def test_alerts_table_lists_every_alert() -> None:
 
 def test_security_doc_names_what_the_manifests_ship() -> None:
     """docs/security.md names every Secret the pods mount, the CA's Secret, the admission policy, every port a
-    NetworkPolicy opens, and each workload's Pod Security level; the README's Security section points to it."""
+    NetworkPolicy opens, and each workload's Pod Security level; docs/operating.md's Security section points to it."""
     from tests.deploy.tools import kustomize
 
     text = (REPO / "docs" / "security.md").read_text()
@@ -60,5 +63,34 @@ def test_security_doc_names_what_the_manifests_ship() -> None:
     for port in ports:
         assert re.search(rf"\b{port}\b", text), port
     assert "| Pod Security level it needs | **privileged** | restricted | restricted |" in text
-    section = DOC.read_text().split("### Security\n", 1)[1].split("\n### ", 1)[0]
+    section = OPERATING.read_text().split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
     assert "docs/security.md" in section and "Rotating" in section
+
+
+def test_the_readme_links_every_document_and_every_link_resolves() -> None:
+    """The front page is the index: a newcomer reaches every document from it, and no link or anchor is dead."""
+    readme = REPO / "README.md"
+    docs = sorted((REPO / "docs").glob("*.md"))
+    text = readme.read_text()
+    for doc in docs:
+        assert f"(docs/{doc.name})" in text, f"README does not link docs/{doc.name}"
+    for page in [readme, *docs]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: dead link {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked), f"{page.name}: no heading for {target}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors, outside code blocks."""
+    found, fenced = set(), False
+    for line in page.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and re.match(r"#{1,6} \S", line):
+            title = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower())
+            found.add(title.replace(" ", "-"))
+    return found

@@ -143,7 +143,7 @@ def test_nodenames_and_bind_bodies_are_capped_by_mode(tmp_path: Path) -> None:
 
 
 def test_a_slow_body_gets_408_not_the_handler_timeout() -> None:
-    """The README promises 408 for a body slower than --read-timeout; it got 503 at --handler-timeout."""
+    """docs/extender.md promises 408 for a body slower than --read-timeout; it got 503 at --handler-timeout."""
     with extender("--standalone", "--port", "0", "--read-timeout", "1", "--handler-timeout", "0.5") as running:
         port = _port(running)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
