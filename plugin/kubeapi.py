@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from neuronalloc.text import shorten
+
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a Node is at most ~1.5 MiB (etcd's object limit); more is not an answer
@@ -31,6 +33,14 @@ class KubeApiError(RuntimeError):
     def __init__(self, message: str, *, unreachable: bool) -> None:
         super().__init__(message)
         self.unreachable = unreachable
+
+
+class HttpStatusError(KubeApiError):
+    """The API server answered with an error status: retry on 5xx and 429, else it refused the request."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message, unreachable=status >= 500 or status == 429)
+        self.status = status
 
 
 class KubeConfigError(ValueError):
@@ -62,7 +72,18 @@ class HttpNodeApi:
     def __init__(self, endpoint: _Endpoint) -> None:
         self._endpoint = endpoint
 
-    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "") -> Any:
+    user_agent = "neuron-device-plugin"
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "",
+        *,
+        limit: int = MAX_REPLY_BYTES,
+    ) -> Any:
+        """One call; the answer's JSON, read through `limit` bytes (a larger answer is refused, never parsed)."""
         ep = self._endpoint
         connection: http.client.HTTPConnection
         if ep.ssl_context is not None:
@@ -71,7 +92,7 @@ class HttpNodeApi:
             )
         else:
             connection = http.client.HTTPConnection(ep.host, ep.port, timeout=REQUEST_TIMEOUT_SECONDS)
-        headers = {"Accept": "application/json", "User-Agent": "neuron-device-plugin"}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if content_type:
             headers["Content-Type"] = content_type
         try:
@@ -80,23 +101,22 @@ class HttpNodeApi:
                 headers["Authorization"] = f"Bearer {token}"
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
-            payload = response.read(MAX_REPLY_BYTES + 1)
+            payload = response.read(limit + 1)
         except (OSError, http.client.HTTPException) as error:
-            raise KubeApiError(f"{method} {path}: {error}", unreachable=True) from None
+            raise KubeApiError(f"{method} {path}: {shorten(str(error), 200)}", unreachable=True) from None
         finally:
             connection.close()
-        if len(payload) > MAX_REPLY_BYTES:
-            raise KubeApiError(f"{method} {path}: the reply exceeds {MAX_REPLY_BYTES} bytes", unreachable=False)
         if response.status >= 300:
             detail = payload[:300].decode("utf-8", "replace")
-            raise KubeApiError(
-                f"{method} {path}: HTTP {response.status}: {detail}",
-                unreachable=response.status >= 500 or response.status == 429,
-            )
+            raise HttpStatusError(f"{method} {path}: HTTP {response.status}: {detail}", status=response.status)
+        if len(payload) > limit:
+            raise KubeApiError(f"{method} {path}: the answer is larger than {limit} bytes", unreachable=False)
         try:
             return json.loads(payload) if payload else None
-        except ValueError:
-            raise KubeApiError(f"{method} {path}: reply is not JSON: {payload[:100]!r}", unreachable=False) from None
+        except (ValueError, RecursionError):
+            raise KubeApiError(
+                f"{method} {path}: the answer is not JSON: {payload[:100]!r}", unreachable=False
+            ) from None
 
     def _node(self, node: str) -> dict[str, Any]:
         body = self._request("GET", _node_path(node))

@@ -7,7 +7,6 @@ bound is refused, never parsed. Blocking: callers run it in a daemon thread.
 
 from __future__ import annotations
 
-import http.client
 import json
 import urllib.parse
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from typing import Any
 
 from neuronalloc.draslices import DRIVER
 from neuronalloc.text import shorten
-from plugin.kubeapi import REQUEST_TIMEOUT_SECONDS, HttpNodeApi, KubeApiError, connect
+from plugin.kubeapi import HttpNodeApi, HttpStatusError, KubeApiError, connect
 
 RESOURCE_API = "/apis/resource.k8s.io/v1"
 # etcd refuses objects above 1.5 MiB; a claim is far smaller. A node's slice list is a few hundred KiB.
@@ -31,40 +30,11 @@ class DraApi(HttpNodeApi):
     def of(cls, api: HttpNodeApi) -> DraApi:
         return cls(api._endpoint)
 
+    user_agent = "neuron-dra-driver"
+
     def call(self, method: str, path: str, body: Any = None, *, limit: int = MAX_CLAIM_BYTES) -> Any:
-        ep = self._endpoint
-        connection: http.client.HTTPConnection
-        if ep.ssl_context is not None:
-            connection = http.client.HTTPSConnection(
-                ep.host, ep.port, timeout=REQUEST_TIMEOUT_SECONDS, context=ep.ssl_context
-            )
-        else:
-            connection = http.client.HTTPConnection(ep.host, ep.port, timeout=REQUEST_TIMEOUT_SECONDS)
-        headers = {"Accept": "application/json", "User-Agent": "neuron-dra-driver"}
-        data = None
-        if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            token = ep.bearer()
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            connection.request(method, path, body=data, headers=headers)
-            response = connection.getresponse()
-            payload = response.read(limit + 1)
-        except (OSError, http.client.HTTPException) as error:
-            raise KubeApiError(f"{method} {path}: {shorten(str(error), 200)}", unreachable=True) from None
-        finally:
-            connection.close()
-        if response.status >= 300:
-            detail = payload[:300].decode("utf-8", "replace")
-            raise HttpStatusError(f"{method} {path}: HTTP {response.status}: {detail}", status=response.status)
-        if len(payload) > limit:
-            raise KubeApiError(f"{method} {path}: the answer is larger than {limit} bytes", unreachable=False)
-        try:
-            return json.loads(payload) if payload else None
-        except (ValueError, RecursionError):
-            raise KubeApiError(f"{method} {path}: the answer is not JSON", unreachable=False) from None
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        return self._request(method, path, data, "application/json" if data is not None else "", limit=limit)
 
     # -- node ----------------------------------------------------------------------------------------------
     def node(self, name: str) -> Mapping[str, Any]:
@@ -98,14 +68,6 @@ class DraApi(HttpNodeApi):
         except HttpStatusError as error:
             if error.status != 404:
                 raise
-
-
-class HttpStatusError(KubeApiError):
-    """The API server answered with an error status: retry on 5xx and 429, else it refused the request."""
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message, unreachable=status >= 500 or status == 429)
-        self.status = status
 
 
 def _quote(text: str) -> str:

@@ -29,7 +29,7 @@ from plugin._proto.dra.v1 import api_pb2_grpc as dra_grpc
 from plugin._proto.pluginregistration.v1 import api_pb2 as reg_pb2
 from plugin._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from plugin.config import ConfigError
-from plugin.dra.api import DraApi, HttpStatusError
+from plugin.dra.api import DraApi
 from plugin.dra.claims import ClaimError, check_ref, read_allocation
 from plugin.dra.config import load_config
 from plugin.dra.kubelet import DraServicer, RegistrationServicer, RegistrationState, SocketServer
@@ -37,7 +37,7 @@ from plugin.dra.metrics import DraMetrics
 from plugin.dra.prepare import Preparer
 from plugin.dra.slices import SlicePublisher
 from plugin.dra.store import Store, cdi_device_id
-from plugin.kubeapi import KubeApiError, from_kubeconfig
+from plugin.kubeapi import HttpStatusError, KubeApiError, from_kubeconfig
 from tests.plugin.api_stub import write_kubeconfig
 
 NODE = "node-a"
