@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from neuronalloc import INSTANCE_TYPE_LABEL, Resource, hardware_in_use
-from neuronlog import configure_logging, get_logger
+from neuronlog import get_logger
 from plugin.condition import Condition, ConditionPublisher, health_condition
-from plugin.config import ConfigError, PluginConfig, load_config
-from plugin.discovery import Discovery, DiscoveryError, discover
+from plugin.config import PluginConfig, load_config
+from plugin.discovery import Discovery, discover
+from plugin.entry import run_daemon
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
 from plugin.httpserve import serve_http
 from plugin.kubeapi import KubeApiError, KubeConfigError, NodeApi, connect
@@ -273,20 +271,7 @@ async def run(config: PluginConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = load_config(argv, os.environ)
-    except ConfigError as error:
-        print(f"neuron-device-plugin: {error}", file=sys.stderr)
-        return 2
-    configure_logging(config.log_level)
-    # grpc's and asyncio's debug chatter is not ours: keep --log-level=debug about the plugin's own events.
-    for noisy in ("grpc", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
-    try:
-        return asyncio.run(run(config))
-    except DiscoveryError as error:
-        log.error("discovery.failed", error=str(error))
-        return 1
+    return run_daemon("neuron-device-plugin", argv, load_config, run)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,7 @@ down at start is retried; a node whose topology the block encoding cannot descri
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import signal
-import sys
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
@@ -27,11 +24,10 @@ from neuronalloc.draslices import (
     small_first_by_name,
 )
 from neuronalloc.text import shorten
-from neuronlog import configure_logging, get_logger
+from neuronlog import get_logger
 from plugin._proto.dra.v1 import api_pb2_grpc as dra_grpc
 from plugin._proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from plugin.config import ConfigError
-from plugin.discovery import DiscoveryError, discover
+from plugin.discovery import discover
 from plugin.dra.api import DraApi, connect_dra
 from plugin.dra.config import DriverConfig, load_config
 from plugin.dra.kubelet import DraServicer, RegistrationServicer, RegistrationState, SocketServer
@@ -39,6 +35,7 @@ from plugin.dra.metrics import DraMetrics
 from plugin.dra.prepare import Preparer
 from plugin.dra.slices import SlicePublisher
 from plugin.dra.store import Store
+from plugin.entry import run_daemon
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
 from plugin.httpserve import serve_http
 from plugin.kubeapi import KubeApiError, KubeConfigError
@@ -292,19 +289,7 @@ async def _run_until_signal(jobs: Mapping[str, Coroutine[Any, Any, None]], befor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        config = load_config(argv, os.environ)
-    except ConfigError as error:
-        print(f"neuron-dra-driver: {error}", file=sys.stderr)
-        return 2
-    configure_logging(config.log_level)
-    for noisy in ("grpc", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
-    try:
-        return asyncio.run(run(config))
-    except DiscoveryError as error:
-        log.error("discovery.failed", error=str(error))
-        return 1
+    return run_daemon("neuron-dra-driver", argv, load_config, run)
 
 
 if __name__ == "__main__":
