@@ -1,6 +1,6 @@
 """neuron-contig device plugin (`neuron-device-plugin`): serves `aws.amazon.com/neuron`, `aws.amazon.com/neuroncore`
-and the alias `aws.amazon.com/neurondevice` to kubelet, hands out only blocks the node's topology accepts, and publishes the
-node's Neuron state for the scheduler extender.
+and the alias `aws.amazon.com/neurondevice` to kubelet, hands out only blocks the node's topology accepts, and
+publishes the node's Neuron state for the scheduler extender.
 
 Where each thing is handled: `main` (flags from `config`, wiring, SIGTERM; `entry` is the front it shares with
 the DRA driver), `discovery` (devices, instance type,
