@@ -369,10 +369,13 @@ class Cluster:
         name: str = "neuron-scheduler-extender",
         extra_args: Sequence[str] = (),
         launcher: Sequence[str] = (),
+        metrics_port: int | None = None,
     ) -> ManagedProcess:
         """An extender listening on `port`, with the cluster's kubeconfig and extender PKI, returned once it answers
         /readyz there. `start_extender` runs the cluster's own on `extender_port`; any other is the caller's to
-        stop (a second replica, say, logging to `name`.log)."""
+        stop (a second replica, say, logging to `name`.log). `metrics_port`: None = the cluster's
+        `extender_metrics_port` (shared: one process at a time), 0 = /metrics on the main port."""
+        metrics = self.extender_metrics_port if metrics_port is None else metrics_port
         exe = shutil.which("neuron-scheduler-extender")
         if exe is None:
             raise RuntimeError("neuron-scheduler-extender is not installed (pip install -e .)")
@@ -389,7 +392,7 @@ class Cluster:
                 f"--tls-key-file={pki.server.key}",
                 f"--tls-client-ca-file={pki.ca_file}",
                 "--log-level=info",
-                *([f"--metrics-port={self.extender_metrics_port}"] if self.extender_metrics_port else []),
+                *([f"--metrics-port={metrics}"] if metrics else []),
                 *extra_args,
             ],
         ).start()

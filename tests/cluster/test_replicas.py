@@ -147,6 +147,7 @@ class Replicas:
                 self.cluster.launch_extender(
                     port,
                     name=f"extender-replica-{i}",
+                    metrics_port=0,  # /metrics on each replica's own port, where samples() reads it
                     extra_args=["--advertise-address=127.0.0.1", f"--lease-name={self.lease}"],
                 )
             )
