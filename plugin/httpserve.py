@@ -9,6 +9,7 @@ trickling bytes cannot extend (a reaper thread shuts such sockets down). Each co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -25,6 +26,23 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from plugin.metrics import PluginMetrics
 
 REAP_INTERVAL_SECONDS = 0.25
+LOOP_STALL_SECONDS = 10.0  # /healthz fails when the event loop has not ticked for this long
+
+
+class LoopLiveness:
+    """Whether the daemon's event loop still runs: `run` ticks on the loop, `alive` is read from the HTTP
+    threads, so a wedged loop fails /healthz while the HTTP server itself still answers."""
+
+    def __init__(self) -> None:
+        self._last_tick = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            self._last_tick = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._last_tick < LOOP_STALL_SECONDS
 
 
 @dataclass(frozen=True)

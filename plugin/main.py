@@ -22,7 +22,7 @@ from plugin.config import PluginConfig, load_config
 from plugin.discovery import Discovery, discover
 from plugin.entry import run_daemon
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
-from plugin.httpserve import serve_http
+from plugin.httpserve import LoopLiveness, serve_http
 from plugin.kubeapi import KubeApiError, KubeConfigError, NodeApi, connect
 from plugin.lifecycle import ResourceLifecycle
 from plugin.metrics import PluginMetrics
@@ -40,7 +40,6 @@ SHUTDOWN_TIMEOUT_SECONDS = 5.0
 # On SIGTERM, how long to wait for "stopping" to reach the node before stopping anyway (the API server may be
 # down). Kubelet's default grace period is 30 s; this plus SHUTDOWN_TIMEOUT_SECONDS stays well inside it.
 STOP_PUBLISH_TIMEOUT_SECONDS = 5.0
-LOOP_STALL_SECONDS = 10.0  # /healthz fails when the event loop has not ticked for this long
 
 
 def _connect_api(config: PluginConfig) -> NodeApi | None:
@@ -211,13 +210,7 @@ async def run(config: PluginConfig) -> int:
     metrics.watch_serving(serving.reason, view.podresources_age)
     publisher = Publisher(view, config.node_name, api, metrics, serving, plugin_address=config.plugin_address)
 
-    last_tick = time.monotonic()
-
-    async def tick() -> None:
-        nonlocal last_tick
-        while True:
-            last_tick = time.monotonic()
-            await asyncio.sleep(1.0)
+    liveness = LoopLiveness()
 
     http_server = None
     if config.metrics_port:
@@ -225,7 +218,7 @@ async def run(config: PluginConfig) -> int:
             http_server = serve_http(
                 metrics,
                 config.metrics_port,
-                is_alive=lambda: time.monotonic() - last_tick < LOOP_STALL_SECONDS,
+                is_alive=liveness.alive,
                 readiness=serving.reason,
                 node=config.node_name,
             )
@@ -242,7 +235,11 @@ async def run(config: PluginConfig) -> int:
             await view.first_read.wait()
         await lifecycle.run()
 
-    jobs: dict[str, Coroutine[Any, Any, None]] = {"health": health.run(), "publisher": publisher.run(), "tick": tick()}
+    jobs: dict[str, Coroutine[Any, Any, None]] = {
+        "health": health.run(),
+        "publisher": publisher.run(),
+        "tick": liveness.run(),
+    }
     if condition is not None:
         jobs["condition"] = condition.run()
     for lifecycle in lifecycles:

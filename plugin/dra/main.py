@@ -37,7 +37,7 @@ from plugin.dra.slices import SlicePublisher
 from plugin.dra.store import Store
 from plugin.entry import run_daemon
 from plugin.health import HealthMonitor, HealthSource, KernelLogSource, PresenceSource
-from plugin.httpserve import serve_http
+from plugin.httpserve import LoopLiveness, serve_http
 from plugin.kubeapi import KubeApiError, KubeConfigError
 from plugin.nodeview import Usage
 from plugin.sockets import SocketInUseError
@@ -48,7 +48,6 @@ log = get_logger("dra")
 SMALL_FIRST_LABEL = "neuron-contig.io/small-first"
 SHUTDOWN_TIMEOUT_SECONDS = 5.0
 NODE_RETRY_MAX_SECONDS = 10.0
-LOOP_STALL_SECONDS = 10.0
 STOPPING = "stopping"
 
 
@@ -207,13 +206,7 @@ async def run(config: DriverConfig) -> int:
         return None
 
     metrics.serving.set_function(lambda: 1.0 if reason() is None else 0.0)
-    last_tick = time.monotonic()
-
-    async def tick() -> None:
-        nonlocal last_tick
-        while True:
-            last_tick = time.monotonic()
-            await asyncio.sleep(1.0)
+    liveness = LoopLiveness()
 
     http_server = None
     if config.metrics_port:
@@ -221,7 +214,7 @@ async def run(config: DriverConfig) -> int:
             http_server = serve_http(
                 metrics,
                 config.metrics_port,
-                is_alive=lambda: time.monotonic() - last_tick < LOOP_STALL_SECONDS,
+                is_alive=liveness.alive,
                 readiness=reason,
                 node=config.node_name,
             )
@@ -246,7 +239,7 @@ async def run(config: DriverConfig) -> int:
         "health": health.run(),
         "slices": publisher.run(),
         "kubelet": kubelet_side(),
-        "tick": tick(),
+        "tick": liveness.run(),
     }
     try:
         exit_code = await _run_until_signal(jobs, lambda: None)
