@@ -10,15 +10,18 @@ both resources and whose `neuron-contig.io/` annotations are what our plugin wou
 (`neuronalloc.encode_node_state`, no plugin address) with about 40% of the devices held: the holders are placed
 with the plugin's allocator past 40%, then some leave again, so the free sets are fragmented as after churn.
 
-For each configuration, the same 1,000 pods (1-8 devices or 1-16 cores, seeded) are created, all of them before
-the scheduler starts, once for the stock profile (`default-scheduler`: counts only, no extender) and once for
-ours (`deploy/scheduler/kube-scheduler-config.yaml`: our extender filters, prioritizes and binds), on the same
-nodes. One scheduler runs at a time, with client QPS `--qps` and burst twice that; after each run its pods are
-deleted, so every run starts from the same cluster. Each pair runs `--repeat` times, in the other order every
-second time. Before the table, one run of ours that is not counted fills the extender's verdict memo, as a
-long-running extender's is (`--no-warm-up` to skip it). `--profile stock ours noop` adds a third profile: our
-scheduler configuration with filter and prioritize sent to a do-nothing extender (`bench/noop_extender.py`, aiohttp
-over the same mutual TLS; no bind verb), the floor any Python extender pays in the scheduler's cycle here.
+For each configuration, the same 1,000 pods (1-8 devices or 1-16 cores, seeded) are created, all of them before the
+scheduler starts, once for the stock profile (`default-scheduler`: counts only, no extender) and once for ours
+(`deploy/scheduler/kube-scheduler-config.yaml`: our extender's /filter-best, which filters and keeps the
+best-scoring nodes in one call, then its /bind), on the same nodes. One scheduler runs at a time, with client QPS
+`--qps` and burst twice that; after each run its pods are deleted, so every run starts from the same cluster. Each
+pair runs `--repeat` times, in the other order every second time. Before the table, one run of ours that is not
+counted fills the extender's verdict memo, as a long-running extender's is (`--no-warm-up` to skip it). Two more
+profiles can join (`--profile stock ours classic noop`): `classic`, our extender with the scheduler configuration
+before /filter-best (/filter, then /prioritize with weight 5, then /bind: the chart's `scheduler.filterBest:
+false`); and `noop`, our scheduler configuration's filter verb sent to a do-nothing extender
+(`bench/noop_extender.py`, aiohttp over the same mutual TLS; no bind verb), the floor any Python extender pays in
+the scheduler's cycle here.
 
 The variant `--bound 20000` first creates 20,000 pods already bound (`spec.nodeName` set), spread over the
 nodes: the holders named in the annotations, with matching requests, then CPU-only pods up to the count; so a
@@ -29,9 +32,10 @@ Printed per run:
   ratio      ours / stock pods/s in the same configuration (the same moment of a shared machine)
   p50 / p99  seconds from a pod's creation to its bind (all pods exist before the scheduler starts, so this
              is mostly the wait in the queue); 1st: from the scheduler's start to the first bind
-  cycle      the scheduler's mean serial scheduling cycle (its own metric: extender filter and prioritize are
-             inside it, binds are not; they run in goroutines): pods/s cannot exceed 1000 / cycle
-  filter / prioritize / bind  the extender's mean ms per request, from its own `/metrics` histograms
+  cycle      the scheduler's mean serial scheduling cycle (its own metric: the extender's filter (and prioritize,
+             in `classic`) are inside it, binds are not; they run in goroutines): pods/s cannot exceed 1000 / cycle
+  filter / prioritize / bind  the extender's mean ms per request, from its own `/metrics` histograms (/filter-best
+             counts as filter)
   bad        predicted grants that are not one valid block or that overlap another grant or a held ID: each
              node's bound pods placed with the plugin's allocator through the extender's prediction
              (`extender.fit.judge_node`, then `neuronalloc.check_block`) in the order they were bound, the order
@@ -113,7 +117,7 @@ MIX = ("inf1.6xlarge", "inf1.24xlarge", "inf2.48xlarge", "trn1.32xlarge")
 USED_SHARE = 0.4
 NEURON, NEURONCORE = Resource.NEURON, Resource.NEURONCORE
 BOUND_NAMESPACE = "bench-bound"
-PROFILES = ("stock", "ours", "noop")
+PROFILES = ("stock", "ours", "classic", "noop")
 OBSERVED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 STALL_SECONDS = 15.0  # no bind for this long: the rest are unschedulable (or the scheduler is stuck)
 
@@ -597,8 +601,8 @@ class Bench:
     def start_noop_scheduler(
         self, *, client_qps: float, client_burst: int, extra_args: Sequence[str]
     ) -> ManagedProcess:
-        """Our scheduler's configuration with filter and prioritize sent to `bench/noop_extender.py` (over the
-        same mutual TLS) and no bind verb: the cycle's cost of two round trips to a Python server doing nothing."""
+        """Our scheduler's configuration with its filter verb sent to `bench/noop_extender.py` (over the same mutual
+        TLS) and no bind verb: the cycle's cost of a round trip to a Python server doing nothing."""
         self.ensure_noop()
         config = self.cluster._our_scheduler_config()
         config["clientConnection"]["qps"], config["clientConnection"]["burst"] = client_qps, client_burst
@@ -606,6 +610,17 @@ class Bench:
             extender["urlPrefix"] = f"https://127.0.0.1:{self.noop_port}"
             extender.pop("bindVerb", None)
         return self.cluster._start_scheduler("noop-kube-scheduler", config, extra_args)
+
+    def start_classic_scheduler(
+        self, *, client_qps: float, client_burst: int, extra_args: Sequence[str]
+    ) -> ManagedProcess:
+        """Our scheduler's configuration as it was before /filter-best: /filter, then /prioritize with weight 5, then
+        /bind (the chart's `scheduler.filterBest: false`)."""
+        config = self.cluster._our_scheduler_config()
+        config["clientConnection"]["qps"], config["clientConnection"]["burst"] = client_qps, client_burst
+        for extender in config.get("extenders", []):
+            extender.update(filterVerb="filter", prioritizeVerb="prioritize", weight=5)
+        return self.cluster._start_scheduler("classic-kube-scheduler", config, extra_args)
 
     def ensure_noop(self) -> None:
         cluster = self.cluster
@@ -646,7 +661,7 @@ class Bench:
         sampler.start()
         started = time.monotonic()
         start = {"stock": self.cluster.start_stock_scheduler, "ours": self.cluster.start_our_scheduler,
-                 "noop": self.start_noop_scheduler}[profile]  # fmt: skip
+                 "classic": self.start_classic_scheduler, "noop": self.start_noop_scheduler}[profile]  # fmt: skip
         metrics_port = free_port()
         scheduler = start(client_qps=qps, client_burst=2 * qps, extra_args=scheduler_metrics_args(metrics_port))
         sampler.procs["scheduler"] = scheduler
@@ -803,29 +818,32 @@ def print_summary(results: Sequence[RunResult]) -> None:
     for result in results:
         configs[(result.nodes, result.qps, result.bound_before)].append(result)
     print("# summary, mean [min-max] over the runs: stock pods/s | ours pods/s | ratio | ours bind ms | "
-          "ours filter+prioritize ms | scheduler cycle ms stock / ours")  # fmt: skip
+          "ours filter ms | scheduler cycle ms stock / ours")  # fmt: skip
     for (nodes, qps, bound), runs in configs.items():
         stock = [r for r in runs if r.profile == "stock"]
         ours = [r for r in runs if r.profile == "ours"]
         ratios = [o.rate / s.rate for s, o in zip(stock, ours, strict=False) if s.rate]
-        noop = [r for r in runs if r.profile == "noop"]
-        noop_ratios = [n.rate / s.rate for s, n in zip(stock, noop, strict=False) if s.rate]
         verbs = [r.verbs for r in ours]
         print(
             f"# {nodes:>5} nodes, qps {qps:>3}, {bound:>5} bound: {spread([r.rate for r in stock])} | "
             f"{spread([r.rate for r in ours])} | {spread(ratios, 2)} | "
             f"{spread([v['bind'][1] for v in verbs if 'bind' in v])} | "
-            f"{spread([v['filter'][1] + v['prioritize'][1] for v in verbs if 'filter' in v and 'prioritize' in v])}"
+            f"{spread([v['filter'][1] for v in verbs if 'filter' in v])}"
             f" | {spread([r.scheduler.get('algorithm', 0) for r in stock])} / "
             f"{spread([r.scheduler.get('algorithm', 0) for r in ours])}"
-            + (
-                f" | noop: {spread([r.rate for r in noop])} pods/s, ratio {spread(noop_ratios, 2)}, cycle "
-                f"{spread([r.scheduler.get('algorithm', 0) for r in noop])}"
-                if noop
-                else ""
-            ),
+            + "".join(_extra_profile(name, runs, stock) for name in ("classic", "noop")),
             flush=True,
         )
+
+
+def _extra_profile(name: str, runs: Sequence[RunResult], stock: Sequence[RunResult]) -> str:
+    """` | classic: pods/s, ratio, cycle` for a profile beside stock and ours, if it ran."""
+    these = [r for r in runs if r.profile == name]
+    if not these:
+        return ""
+    ratios = [r.rate / s.rate for s, r in zip(stock, these, strict=False) if s.rate]
+    cycles = [r.scheduler.get("algorithm", 0) for r in these]
+    return f" | {name}: {spread([r.rate for r in these])} pods/s, ratio {spread(ratios, 2)}, cycle {spread(cycles)}"
 
 
 def configurations(args: argparse.Namespace) -> Iterator[tuple[int, list[tuple[int, int]]]]:

@@ -171,6 +171,21 @@ class FilterMemo:
             sum(map(_NOT_SERVING, failed.values())),
         )
 
+    def brief(self, names: Sequence[str]) -> FilterAnswer | None:
+        """`answer`, but when a node passes, the failed ones are counted and not listed (no members, no example),
+        or None if any of `names` has no recorded verdict yet."""
+        found = list(map(self.outcomes.get, names))
+        if None in found:
+            return None
+        outcomes: list[Outcome] = found  # type: ignore[assignment]  # no None, just checked
+        passed = list(itertools.compress(names, map(_PASSES, outcomes)))
+        if not passed:
+            return self.answer(names)
+        if len(passed) == len(names):
+            return FilterAnswer(passed, 0, 0, 0, b"", b"")
+        return FilterAnswer(passed, sum(map(_FAILED, outcomes)), sum(map(_UNRESOLVABLE, outcomes)),
+                            sum(map(_UNKNOWN, outcomes)), b"", b"", "", sum(map(_NOT_SERVING, outcomes)))  # fmt: skip
+
 
 def score_piece(name: str, verdict: Verdict) -> bytes:
     """`{"Host":"node","Score":n}`: one HostPriority, exactly as orjson writes it in a whole list."""
@@ -195,6 +210,16 @@ class ScoreMemo:
 
     def forget(self, name: str) -> None:
         self.outcomes.pop(name, None)
+
+    def best(self, names: Sequence[str], limit: int) -> list[str] | None:
+        """Up to `limit` of `names` (first ones first) that share the highest score among them, or None if any of
+        them has no recorded verdict yet."""
+        found = list(map(self.outcomes.get, names))
+        if None in found:
+            return None
+        scores = [o.verdict.score for o in found]  # type: ignore[union-attr]  # no None, just checked
+        top = max(scores, default=0)
+        return list(itertools.islice(itertools.compress(names, map(top.__eq__, scores)), limit))
 
     def reply(self, names: Sequence[str]) -> bytes | None:
         """The HostPriorityList for `names`, or None if any of them has no recorded verdict yet."""

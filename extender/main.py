@@ -67,13 +67,15 @@ class Config:
     lease_namespace: str
     lease_duration: int
     advertise_address: str
+    best_nodes: int
 
 
 _MiB = 1024 * 1024
 _SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _FLAGS: tuple[Flag, ...] = (
     Flag("address", "0.0.0.0", "listen address"),
-    Flag("port", "8888", "serves /filter /prioritize /bind /healthz /readyz /metrics; 0 = any free port", int),
+    Flag("port", "8888", "serves /filter /filter-best /prioritize /bind /healthz /readyz /metrics; 0 = any free "
+         "port", int),
     Flag("metrics-port", "0", "serve /metrics (and /healthz, /readyz) on this port too; 0 = on --port only", int),
     Flag("kubeconfig", "", "kubeconfig file; empty = in-cluster service account"),
     Flag("tls-cert-file", "", "serve HTTPS with this cert"),
@@ -101,6 +103,8 @@ _FLAGS: tuple[Flag, ...] = (
     Flag("lease-duration", "15", "seconds a binder lease lasts without renewal", int),
     Flag("advertise-address", "", "IP other replicas use to reach this one, published in the Lease; empty = "
          "--address if specific, else the IP the host name resolves to (the pod IP)"),
+    Flag("best-nodes", "8", "the most nodes /filter-best passes: those with the best score that fit, the "
+         "scheduler's order breaking ties", int),
     Flag("standalone", "", "no API server: answer Nodes-mode filter/prioritize only", switch=True),
     Flag("log-level", "info", "", choices=("debug", "info", "warning", "error")),
 )  # fmt: skip
@@ -122,6 +126,8 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
             p.error(f"--{flag.replace('_', '-')} must be at least 1024")
     if ns.max_inflight_bytes < 1 * _MiB:
         p.error("--max-inflight-bytes must be at least 1 MiB")
+    if ns.best_nodes < 1:
+        p.error("--best-nodes must be at least 1")
     if ns.max_connections < 8:
         p.error("--max-connections must be at least 8")
     if ns.advertise_address:
@@ -142,7 +148,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         max_connections=ns.max_connections, header_timeout=ns.header_timeout, idle_timeout=ns.idle_timeout,
         read_timeout=ns.read_timeout, handler_timeout=ns.handler_timeout, watch_timeout=ns.watch_timeout,
         scheduler_name=ns.scheduler_name, lease_name=ns.lease_name, lease_namespace=ns.lease_namespace,
-        lease_duration=ns.lease_duration, advertise_address=ns.advertise_address,
+        lease_duration=ns.lease_duration, advertise_address=ns.advertise_address, best_nodes=ns.best_nodes,
     )  # fmt: skip
 
 
@@ -239,7 +245,8 @@ async def _serve(cfg: Config) -> int:
     settings = ServerSettings(
         max_body_bytes=cfg.max_body_bytes, max_names_body_bytes=cfg.max_names_body_bytes,
         max_inflight_bytes=cfg.max_inflight_bytes, read_timeout=cfg.read_timeout,
-        handler_timeout=cfg.handler_timeout, standalone=cfg.standalone, serve_metrics=cfg.metrics_port == 0,
+        handler_timeout=cfg.handler_timeout, standalone=cfg.standalone, best_nodes=cfg.best_nodes,
+        serve_metrics=cfg.metrics_port == 0,
     )  # fmt: skip
     fd_limit = raise_fd_limit()
     listeners_count = 2 if cfg.metrics_port else 1

@@ -75,6 +75,9 @@ class TlsFiles:
     def _build(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         server.minimum_version = ssl.TLSVersion.TLSv1_2
+        # No TLS 1.3 session tickets: kube-scheduler's client (Go, no ClientSessionCache) never resumes, and the two
+        # tickets OpenSSL sends after each handshake cost a third of it on the event loop (bench/tls_handshake.py).
+        server.num_tickets = 0
         server.load_cert_chain(self._cert_file, self._key_file)
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.minimum_version = ssl.TLSVersion.TLSv1_2

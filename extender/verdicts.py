@@ -37,6 +37,7 @@ from neuronalloc.requests import PodRequest, RequestShape
 __all__ = ["Verdicts"]
 
 _Reply = TypeVar("_Reply")
+_Memo = TypeVar("_Memo", FilterMemo, ScoreMemo)
 _MEMO_LIMIT = 50_000  # request-mode memo entries before the memo is cleared (bounded memory, never wrong)
 # Node x shape verdicts memoised in NodeNames mode, filter's and prioritize's together: one dict slot each
 # (outcomes are interned), about 64 MB at most. Shapes kept: this over twice the node count, within these bounds.
@@ -103,15 +104,30 @@ class Verdicts:
         """How many request shapes the memo keeps at this cluster size (see `_MEMO_ENTRIES`)."""
         return max(_MIN_SHAPES, min(_MAX_SHAPES, _MEMO_ENTRIES // (2 * max(1, self.store.size))))
 
-    def filter_answer(self, args: ExtenderArgs) -> FilterAnswer:
+    def filter_answer(self, args: ExtenderArgs, *, brief: bool = False) -> FilterAnswer:
         """Filter's answer in the request's mode: from the memo for NodeNames, node by node for Nodes (the
-        scheduler sends Nodes when the extender is not nodeCacheCapable, as with --standalone)."""
+        scheduler sends Nodes when the extender is not nodeCacheCapable, as with --standalone). `brief`: in
+        NodeNames mode, when a node passes, the failed ones are counted but not listed (`FilterMemo.brief`)."""
         request = args.pod.request
         if args.node_names is not None:
-            return self.filter_names(args.node_names, request)
+            return self.filter_names(args.node_names, request, brief=brief)
         nodes = args.nodes or ()
         self.store.expire_remembered()
         return FilterAnswer.of((n.name for n in nodes), (self._verdict_for(n, request, False) for n in nodes))
+
+    def best_of(self, args: ExtenderArgs, passed: Sequence[str], limit: int) -> list[str]:
+        """Of the nodes that passed filter, up to `limit` with the best score (prioritize's), the request's order
+        breaking ties: what /filter-best passes (see docs/extender.md)."""
+        request = args.pod.request
+        if not passed:
+            return []
+        if args.node_names is not None:
+            memo = self._memos_for(request, note=False).scored
+            return self._read_filled(memo, lambda m, names: m.best(names, limit), passed, request, scored=True)
+        by_name = {n.name: n for n in args.nodes or ()}
+        scores = [self._verdict_for(by_name[name], request, True).score for name in passed]
+        top = max(scores)
+        return [name for name, score in zip(passed, scores, strict=True) if score == top][:limit]
 
     def priority_reply(self, args: ExtenderArgs) -> bytes:
         """Prioritize's HostPriorityList in the request's mode."""
@@ -122,10 +138,11 @@ class Verdicts:
         self.store.expire_remembered()
         return encode_priorities((n.name, self._verdict_for(n, request, True).score) for n in nodes)
 
-    def filter_names(self, names: Sequence[str], request: PodRequest) -> FilterAnswer:
+    def filter_names(self, names: Sequence[str], request: PodRequest, *, brief: bool = False) -> FilterAnswer:
         """NodeNames mode: filter's answer for `names`, from the memo; only nodes not judged yet cost Python."""
         memo = self._memos_for(request, note=True).unscored
-        answer = self._read_filled(memo, memo.answer, names, request, scored=False)
+        read = FilterMemo.brief if brief else FilterMemo.answer
+        answer = self._read_filled(memo, read, names, request, scored=False)
         if not answer.passed and answer.example:
             # The memo keeps no node's specifics: the one node the log shows is judged again, with them.
             name = answer.example.split(": ", 1)[0]
@@ -135,21 +152,21 @@ class Verdicts:
     def priority_names(self, names: Sequence[str], request: PodRequest) -> bytes:
         """NodeNames mode: prioritize's HostPriorityList for `names`, from the memo."""
         memo = self._memos_for(request, note=True).scored
-        return self._read_filled(memo, memo.reply, names, request, scored=True)
+        return self._read_filled(memo, ScoreMemo.reply, names, request, scored=True)
 
     def _read_filled(
         self,
-        memo: FilterMemo | ScoreMemo,
-        read: Callable[[Sequence[str]], _Reply | None],
+        memo: _Memo,
+        read: Callable[[_Memo, Sequence[str]], _Reply | None],
         names: Sequence[str],
         request: PodRequest,
         *,
         scored: bool,
     ) -> _Reply:
-        """`read(names)`, after judging the names the memo lacks (`read` gives None while any is missing). Names
+        """`read(memo, names)`, after judging the names the memo lacks (`read` gives None while any is missing). Names
         the view has no node for are judged for this request only: a request naming made-up nodes must not grow
         the memo."""
-        found = read(names)
+        found = read(memo, names)
         if found is not None:
             return found
         missing = set(names) - memo.outcomes.keys()
@@ -158,12 +175,12 @@ class Verdicts:
         for name in missing - ghosts:
             memo.record(name, self._judge_cached(name, request, scored))
         if ghosts:
-            memo = type(memo)()
-            memo.outcomes = {**read.__self__.outcomes}  # type: ignore[attr-defined]
+            kept = memo
+            memo = type(kept)()
+            memo.outcomes = {**kept.outcomes}
             for name in ghosts:
                 memo.record(name, self._judge_cached(name, request, scored))
-            read = memo.answer if isinstance(memo, FilterMemo) else memo.reply  # type: ignore[assignment]
-        found = read(names)
+        found = read(memo, names)
         assert found is not None, "every name was just judged"
         return found
 

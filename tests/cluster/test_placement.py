@@ -53,3 +53,23 @@ def test_mixed_workload_at_once_is_contiguous_and_never_overcommitted(pool: Pool
     for name, (resource, size) in names.items():
         pool.assert_block_ok(pool.allocation(name), resource, size)
     pool.assert_no_overcommit()
+
+
+def test_a_pod_takes_the_best_fitting_hole_not_an_empty_node(pool: Pool) -> None:
+    """Best fit through the real scheduler and the shipped configuration (/filter-best): a 2-device pod goes to
+    the node whose free devices it fills exactly, and the empty 16-device node keeps its large blocks."""
+    pool.add_node("small", "inf1.6xlarge")
+    pool.add_node("large", "inf1.24xlarge")
+    filler = pool.create("filler", Resource.NEURON, 2, instance_type="inf1.6xlarge")
+    pool.wait_phase([filler])
+    small = pool.allocation(filler).node
+    pool.wait_node_state(small, "the filler is published", lambda state: len(state.free_devices) == 2)
+    for i in range(3):  # three in turn: each one alone sees the same two candidates
+        name = pool.create(f"pair-{i}", Resource.NEURON, 2)
+        pool.wait_phase([name])
+        alloc = pool.allocation(name)
+        pool.assert_block_ok(alloc, Resource.NEURON, 2)
+        assert alloc.node == small, f"pair-{i} went to {alloc.node}, not to the exact 2-device hole on {small}"
+        pool.wait_node_state(small, "the pair is published", lambda state: not state.free_devices)
+        pool.delete(name)
+        pool.wait_node_state(small, "the pair is gone", lambda state: len(state.free_devices) == 2)

@@ -107,6 +107,20 @@ def test_values_flow_into_the_manifests() -> None:
     assert terms[0]["matchExpressions"][0]["values"] == ["inf2.48xlarge"]
 
 
+def test_filter_best_is_the_default_and_classic_verbs_are_one_value_away() -> None:
+    def extender_config(*values: str) -> Obj:
+        objs = helm(*values)
+        config = yaml.safe_load(find(objs, "ConfigMap", "neuron-contig-scheduler-config")["data"][SCHEDULER_CONFIG])
+        return dict(config["extenders"][0])
+
+    shipped = extender_config()
+    assert shipped["filterVerb"] == "filter-best" and shipped["bindVerb"] == "bind"
+    assert "prioritizeVerb" not in shipped and "weight" not in shipped
+    classic = extender_config("scheduler.filterBest=false", "scheduler.extenderWeight=7")
+    assert (classic["filterVerb"], classic["prioritizeVerb"], classic["weight"]) == ("filter", "prioritize", 7)
+    assert classic["bindVerb"] == "bind"
+
+
 @pytest.mark.parametrize(
     ("value", "complaint"),
     [
@@ -125,6 +139,7 @@ def test_values_flow_into_the_manifests() -> None:
         ("plugin.logLevel=loud", "/plugin/logLevel"),
         ("plugin.metricsPort=0", "/plugin/metricsPort"),
         ("scheduler.extenderTimeout=soon", "/scheduler/extenderTimeout"),
+        ("scheduler.filterBest=maybe", "/scheduler/filterBest"),
         ("instanceTypes=null", "instanceTypes"),
         ("typo=1", "typo"),
     ],

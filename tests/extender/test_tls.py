@@ -122,3 +122,22 @@ def test_plain_http_is_the_default_and_says_so() -> None:
 def test_the_client_ca_needs_a_serving_certificate() -> None:
     with extender("--standalone", "--port", "0", "--tls-client-ca-file", "/nonexistent/ca.crt") as running:
         assert running.proc.wait(15) == 2
+
+
+def test_no_session_tickets_are_sent(pki: tuple[Authority, Path]) -> None:
+    # kube-scheduler's Go client keeps no session cache, so a ticket is never used, and issuing two per handshake
+    # costs the event loop a third of each handshake (bench/tls_handshake.py).
+    ca, _ = pki
+    server, scheduler = ca.issue("extender"), ca.issue("kube-scheduler", server=False)
+    with _serve(ca, server) as running:
+        port = running.event("extender.listening")["port"]
+        context = _client(ca.path, scheduler)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3  # tickets come after the handshake: read a reply first
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+            session = tls.session
+            assert session is not None and not session.has_ticket

@@ -87,10 +87,11 @@ although they are in different templates.
 {{- if and $complete (eq (index $server "ca.crt") (index $client "ca.crt")) -}}
 {{- $tls = dict "ca" (index $server "ca.crt") "serverCert" (index $server "tls.crt") "serverKey" (index $server "tls.key") "clientCert" (index $client "tls.crt") "clientKey" (index $client "tls.key") -}}
 {{- else -}}
-{{- $ca := genCA "neuron-contig-extender-ca" 3650 -}}
+{{- /* ECDSA P-256 keys, as the cert-manager path issues them (deploy/extender/certificates.yaml). */ -}}
+{{- $ca := genCAWithKey "neuron-contig-extender-ca" 3650 (genPrivateKey "ecdsa") -}}
 {{- $dns := include "neuron-contig.extenderDNSName" . -}}
-{{- $serverCert := genSignedCert $dns nil (list $dns) 3650 $ca -}}
-{{- $clientCert := genSignedCert "neuron-contig-scheduler" nil nil 3650 $ca -}}
+{{- $serverCert := genSignedCertWithKey $dns nil (list $dns) 3650 $ca (genPrivateKey "ecdsa") -}}
+{{- $clientCert := genSignedCertWithKey "neuron-contig-scheduler" nil nil 3650 $ca (genPrivateKey "ecdsa") -}}
 {{- $tls = dict "ca" ($ca.Cert | b64enc) "serverCert" ($serverCert.Cert | b64enc) "serverKey" ($serverCert.Key | b64enc) "clientCert" ($clientCert.Cert | b64enc) "clientKey" ($clientCert.Key | b64enc) -}}
 {{- end -}}
 {{- $_ := set .Values "_chartTLS" $tls -}}

@@ -14,12 +14,18 @@ profiles:
   - schedulerName: {{ .Values.schedulerName }}
 extenders:
   - urlPrefix: "{{ include "neuron-contig.extenderURL" . }}"
+    {{- if .Values.scheduler.filterBest }}
+    # One call in the scheduler's serial cycle: only the best-scoring nodes that fit pass (at most the
+    # extender's --best-nodes), and the scheduler's own scores choose among them (docs/extender.md).
+    filterVerb: filter-best
+    {{- else }}
     filterVerb: filter
     prioritizeVerb: prioritize
+    weight: {{ .Values.scheduler.extenderWeight }}
+    {{- end }}
     # The extender binds so that it can re-check the block against fresh node state under a per-node lock:
     # two pods that passed filter for the same last block cannot both be bound (see README, "Why bind").
     bindVerb: bind
-    weight: {{ .Values.scheduler.extenderWeight }}
     # Filter at 5,000 nodes takes milliseconds; bind does two API calls. 5 s leaves room for a slow API server.
     httpTimeout: {{ .Values.scheduler.extenderTimeout }}
     nodeCacheCapable: true
