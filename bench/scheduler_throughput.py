@@ -16,12 +16,13 @@ scheduler starts, once for the stock profile (`default-scheduler`: counts only, 
 best-scoring nodes in one call, then its /bind), on the same nodes. One scheduler runs at a time, with client QPS
 `--qps` and burst twice that; after each run its pods are deleted, so every run starts from the same cluster. Each
 pair runs `--repeat` times, in the other order every second time. Before the table, one run of ours that is not
-counted fills the extender's verdict memo, as a long-running extender's is (`--no-warm-up` to skip it). Two more
-profiles can join (`--profile stock ours classic noop`): `classic`, our extender with the scheduler configuration
-before /filter-best (/filter, then /prioritize with weight 5, then /bind: the chart's `scheduler.filterBest:
-false`); and `noop`, our scheduler configuration's filter verb sent to a do-nothing extender
+counted fills the extender's verdict memo, as a long-running extender's is (`--no-warm-up` to skip it). More
+profiles can join (`--profile stock ours classic noop noopbind`): `classic`, our extender with the scheduler
+configuration before /filter-best (/filter, then /prioritize with weight 5, then /bind: the chart's
+`scheduler.filterBest: false`); `noop`, our scheduler configuration's filter verb sent to a do-nothing extender
 (`bench/noop_extender.py`, aiohttp over the same mutual TLS; no bind verb), the floor any Python extender pays in
-the scheduler's cycle here.
+the scheduler's cycle here; `noopbind`, the same with the bind verb, which it answers with the one Binding POST
+(`extender.kube.KubeApi.bind_async`) and nothing else: the floor with every bind through an extender.
 
 The variant `--bound 20000` first creates 20,000 pods already bound (`spec.nodeName` set), spread over the
 nodes: the holders named in the annotations, with matching requests, then CPU-only pods up to the count; so a
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import random
 import re
@@ -74,7 +76,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,7 +119,7 @@ MIX = ("inf1.6xlarge", "inf1.24xlarge", "inf2.48xlarge", "trn1.32xlarge")
 USED_SHARE = 0.4
 NEURON, NEURONCORE = Resource.NEURON, Resource.NEURONCORE
 BOUND_NAMESPACE = "bench-bound"
-PROFILES = ("stock", "ours", "classic", "noop")
+PROFILES = ("stock", "ours", "classic", "noop", "noopbind")
 OBSERVED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 STALL_SECONDS = 15.0  # no bind for this long: the rest are unschedulable (or the scheduler is stuck)
 
@@ -595,20 +597,22 @@ class Bench:
         names = {p.name: p for p in self.cluster._control_plane}
         return {
             "apiserver": names.get("kube-apiserver"), "etcd": names.get("etcd"), "scheduler": scheduler,
-            "extender": self.noop if profile == "noop" else self.cluster.extender,
+            "extender": self.noop if profile.startswith("noop") else self.cluster.extender,
         }  # fmt: skip
 
     def start_noop_scheduler(
-        self, *, client_qps: float, client_burst: int, extra_args: Sequence[str]
+        self, *, client_qps: float, client_burst: int, extra_args: Sequence[str], bind: bool = False
     ) -> ManagedProcess:
         """Our scheduler's configuration with its filter verb sent to `bench/noop_extender.py` (over the same mutual
-        TLS) and no bind verb: the cycle's cost of a round trip to a Python server doing nothing."""
+        TLS) and no bind verb: the cycle's cost of a round trip to a Python server doing nothing. `bind`: its bind
+        verb too, which the do-nothing extender answers with the one Binding POST and nothing else."""
         self.ensure_noop()
         config = self.cluster._our_scheduler_config()
         config["clientConnection"]["qps"], config["clientConnection"]["burst"] = client_qps, client_burst
         for extender in config.get("extenders", []):
             extender["urlPrefix"] = f"https://127.0.0.1:{self.noop_port}"
-            extender.pop("bindVerb", None)
+            if not bind:
+                extender.pop("bindVerb", None)
         return self.cluster._start_scheduler("noop-kube-scheduler", config, extra_args)
 
     def start_classic_scheduler(
@@ -630,6 +634,7 @@ class Bench:
             self.noop = ManagedProcess("noop-extender", [
                 sys.executable, str(Path(__file__).with_name("noop_extender.py")), f"--port={self.noop_port}",
                 f"--cert={pki.server.cert}", f"--key={pki.server.key}", f"--client-ca={pki.ca_file}",
+                f"--kubeconfig={cluster.kubeconfig}",
             ], cluster.logs / "noop-extender.log").start()  # fmt: skip
             context = cluster.extender_ssl_context()
             url = f"https://127.0.0.1:{self.noop_port}/readyz"
@@ -644,7 +649,7 @@ class Bench:
         namespace = f"run-{self.serial}-{profile}"
         result = RunResult(profile, len(self.nodes), qps, bound_before, len(self.pods))
         self.api.ensure_namespace(namespace)
-        if profile == "noop":
+        if profile.startswith("noop"):
             self.ensure_noop()
         watch = PodWatch(self.api, namespace)
         watch.start()
@@ -660,8 +665,12 @@ class Bench:
         sampler = CpuSampler(self.procs(None, profile))
         sampler.start()
         started = time.monotonic()
-        start = {"stock": self.cluster.start_stock_scheduler, "ours": self.cluster.start_our_scheduler,
-                 "classic": self.start_classic_scheduler, "noop": self.start_noop_scheduler}[profile]  # fmt: skip
+        starters: dict[str, Callable[..., ManagedProcess]] = {
+            "stock": self.cluster.start_stock_scheduler, "ours": self.cluster.start_our_scheduler,
+            "classic": self.start_classic_scheduler, "noop": self.start_noop_scheduler,
+            "noopbind": functools.partial(self.start_noop_scheduler, bind=True),
+        }  # fmt: skip
+        start = starters[profile]
         metrics_port = free_port()
         scheduler = start(client_qps=qps, client_burst=2 * qps, extra_args=scheduler_metrics_args(metrics_port))
         sampler.procs["scheduler"] = scheduler
@@ -831,7 +840,7 @@ def print_summary(results: Sequence[RunResult]) -> None:
             f"{spread([v['filter'][1] for v in verbs if 'filter' in v])}"
             f" | {spread([r.scheduler.get('algorithm', 0) for r in stock])} / "
             f"{spread([r.scheduler.get('algorithm', 0) for r in ours])}"
-            + "".join(_extra_profile(name, runs, stock) for name in ("classic", "noop")),
+            + "".join(_extra_profile(name, runs, stock) for name in ("classic", "noop", "noopbind")),
             flush=True,
         )
 
