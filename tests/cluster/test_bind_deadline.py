@@ -3,22 +3,25 @@
 Real parts: kube-apiserver and etcd, kube-scheduler running deploy/'s configuration (mutual TLS to the
 extender), a simulated node's real kubelet device manager and PodResources server, our device plugin, and our
 `neuron-scheduler-extender` process. It replaces the cluster's own extender on `Cluster.extender_port` for the
-test (with a short `--handler-timeout` and a Lease of its own) and reaches the API server through
-`DelayingProxy`, a loopback TCP proxy that only moves bytes (TLS passes through it end to end).
+test (with a short `--handler-timeout` and a binder Lease of its own) and reaches the API server through
+`StallingProxy`, a loopback TCP proxy that only moves bytes (TLS passes through it end to end).
 
-What the proxy stands in for: a latency spike on the path from the extender to the API server. While it is on,
-every byte the extender sends is held for `DELAY` seconds, then delivered in order; the other direction (watch
-events, replies) is not held. A Binding POST sent then reaches the API server after the extender's deadline has
-passed: the extender has given up (its outcome is unknown) and the POST's `?timeout=` cannot help, since the API
-server's deadline starts when the request arrives. The binding is then made late, by the real API server, and
-the client's close (TLS close_notify, FIN) reaches it later still, as it would after such a delay.
+What the proxy stands in for: an API server replica that stalls behind a load balancer. The connections the
+extender has open to it when the stall begins (its keep-alive Binding connection among them) hold every byte the
+extender sends for `STALL` seconds, then deliver it in order; new connections reach a healthy replica at once,
+and nothing is held on the way back (watch events flow). A Binding POST sent on a stalled connection reaches the
+API server after the extender's deadline: the extender has given up, its outcome unknown, and the POST's
+`?timeout=` cannot help, since the API server's deadline starts when the request arrives. The real API server
+then makes the binding late; the client's close (TLS close_notify, FIN) reaches it later still, held as long.
+(A stall of every connection would not do: a new connection's TLS handshake would stall as well, so no second
+Binding could be sent in time, and a wrong extender could not fail the test.)
 
 The scenario: one node whose only free contiguous block is 0-3 among ten free devices (kube-scheduler's own
-count has room for two pods of 4, so only the extender stands between two pods and that block). With the delay
-on, pod A (4 devices) is bound to the block and its POST times out; pod B (4 devices) follows at once. The
-extender must keep counting A's binding of unknown outcome until its watch shows A there: B must never be bound
-to the block. Had B's Binding been sent as well, both would land, and kubelet would refuse one of them
-(`UnexpectedAdmissionError`, a Failed pod) or hand it a broken block.
+count has room for two pods of 4, so only the extender stands between two pods and that block). The stall
+begins; pod A (4 devices) is bound to the block on the stalled connection and its POST times out; pod B (4
+devices) follows. The extender must keep counting A's binding of unknown outcome until its watch shows A: B must
+not be bound meanwhile (it would be, on a new connection, and A's late binding would then make two: kubelet
+refuses one with `UnexpectedAdmissionError`, a Failed pod, or hands it a broken block).
 """
 
 from __future__ import annotations
@@ -43,28 +46,28 @@ from tests.cluster.workload import Pool
 
 INSTANCE_TYPE = "inf1.24xlarge"  # 16 devices, blocks of 4
 HANDLER_TIMEOUT = 2.0  # the extender's --handler-timeout: its bind gives up on the POST before this
-DELAY = 6.0  # seconds each byte toward the API server is held while the delay is on: well past the deadline
+STALL = 6.0  # seconds each byte on a stalled connection is held: well past the bind deadline
 BINDS = "neuron_contig_extender_binds"
 EXTENDER_LOG = "extender-bind-deadline"
 
 
-class DelayingProxy:
-    """A loopback TCP proxy to one backend port. `delay` seconds (0 = none) is added to every chunk the client
-    sends from the moment it is read; chunks of one connection keep their order. The backend's bytes toward the
-    client pass at once. `last_due` is the loop time the last held chunk is (or was) due."""
+class StallingProxy:
+    """A loopback TCP proxy to one backend port that moves bytes only. `stall(seconds)` marks every connection
+    open now: from then on each chunk it carries toward the backend is held `seconds` after it was read, then
+    delivered in order (its end of stream too). Connections opened later, and the backend's bytes toward the
+    client, pass at once."""
 
     def __init__(self, backend: int) -> None:
         self.port = free_port()
         self.backend = backend
-        self.delay = 0.0
-        self.last_due = 0.0
-        self.held = 0  # chunks delivered later than they arrived
-        self._open: set[asyncio.Task[None]] = set()
+        self.held = 0  # chunks delivered late
+        self.last_due = 0.0  # loop time (time.monotonic) the last held chunk is due
+        self._delays: dict[asyncio.Task[None], list[float]] = {}  # open connection -> [its hold, in seconds]
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="delaying-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="stalling-proxy", daemon=True)
         self._server: asyncio.Server | None = None
 
-    def start(self) -> DelayingProxy:
+    def start(self) -> StallingProxy:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
         try:
@@ -74,48 +77,56 @@ class DelayingProxy:
             raise
         return self
 
+    def stall(self, seconds: float) -> int:
+        """Hold what the connections open now send from here on; returns how many there are."""
+
+        async def mark() -> int:
+            for delay in self._delays.values():
+                delay[0] = seconds
+            return len(self._delays)
+
+        return asyncio.run_coroutine_threadsafe(mark(), self._loop).result(timeout=10)
+
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._open.add(task)
+        delay = self._delays[task] = [0.0]
         upstream_w: asyncio.StreamWriter | None = None
         try:
             upstream_r, connected = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.backend), timeout=5
             )
             upstream_w = connected
-            await asyncio.gather(self._held_pipe(client_r, connected), _pipe(upstream_r, client_w))
+            await asyncio.gather(self._held_pipe(client_r, connected, delay), _pipe(upstream_r, client_w))
         except (OSError, TimeoutError, asyncio.CancelledError):
             pass  # the backend is down, or the proxy is closing: the client sees its connection closed
         finally:
-            self._open.discard(task)
+            del self._delays[task]
             for writer in (client_w, upstream_w):
                 if writer is not None:
                     writer.close()
 
-    async def _held_pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        """`_pipe`, each chunk (and the end of stream) delivered no sooner than `delay` after it was read."""
+    async def _held_pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: list[float]) -> None:
+        """`_pipe`, each chunk (and the end of stream) delivered `delay[0]` seconds after it was read, in order."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        due = 0.0
 
         async def read() -> None:
-            nonlocal due
-            try:
-                while True:
+            due = 0.0
+            data = b"-"
+            while data:
+                try:
                     data = await source.read(64 * 1024)
-                    delay = self.delay
-                    due = max(due, loop.time() + delay)
+                except OSError:
+                    data = b""
+                due = max(due, loop.time() + delay[0])
+                if delay[0]:
+                    self.held += 1
                     self.last_due = max(self.last_due, due)
-                    self.held += 1 if delay and data else 0
-                    queue.put_nowait((due, data))
-                    if not data:
-                        return
-            except OSError:
-                queue.put_nowait((due, b""))
+                queue.put_nowait((due, data))
 
         reader = asyncio.ensure_future(read())
         try:
@@ -136,13 +147,17 @@ class DelayingProxy:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._open):
+        for task in list(self._delays):
             task.cancel()
-        await asyncio.gather(*self._open, return_exceptions=True)
+        await asyncio.gather(*self._delays, return_exceptions=True)
 
     def wait_delivered(self) -> None:
-        """Until every chunk held so far is due (then a moment for the backend to act on it)."""
-        time.sleep(max(0.0, self.last_due - time.monotonic()) + 0.5)
+        """Until every chunk held is delivered and no more came in meanwhile (then a moment for the backend)."""
+        while True:
+            due = self.last_due
+            time.sleep(max(0.0, due - time.monotonic()) + 0.5)
+            if self.last_due == due:
+                return
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -163,10 +178,10 @@ def _kubeconfig_via(cluster: Cluster, port: int, path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def extender_behind_delay(cluster: Cluster, lease: str) -> Iterator[tuple[ManagedProcess, DelayingProxy]]:
-    """Swap the cluster's extender for one whose API server connections go through a `DelayingProxy`; put the
+def extender_behind_stall(cluster: Cluster, lease: str) -> Iterator[tuple[ManagedProcess, StallingProxy]]:
+    """Swap the cluster's extender for one whose API server connections go through a `StallingProxy`; put the
     cluster's own back afterwards (as test_replicas does)."""
-    proxy = DelayingProxy(cluster.api_port).start()
+    proxy = StallingProxy(cluster.api_port).start()
     kubeconfig = _kubeconfig_via(cluster, proxy.port, cluster.workdir / f"kubeconfig-{lease}")
     if cluster.extender is not None:
         cluster.extender.stop()
@@ -218,8 +233,17 @@ def _log_events(cluster: Cluster, event: str) -> list[dict[str, object]]:
     return out
 
 
+def _unknown_binds(cluster: Cluster) -> list[str]:
+    """Names of the pods whose bind the extender gave up on with its outcome unknown."""
+    return [
+        str(e.get("pod")).rpartition("/")[2]
+        for e in _log_events(cluster, "bind.refused")
+        if e.get("rule") == "outcome_unknown" and "unknown" in str(e.get("error"))
+    ]
+
+
 def test_a_bind_slower_than_its_deadline_never_lands_twice(cluster: Cluster, pool: Pool) -> None:
-    with extender_behind_delay(cluster, lease=f"{pool.name}-binder") as (extender, proxy):
+    with extender_behind_stall(cluster, lease=f"{pool.name}-binder") as (extender, proxy):
         node = pool.add_node("inf1-24", INSTANCE_TYPE)
         # Ten free devices, one block of 4 among them (test_replicas' fill): only the extender can refuse B.
         size = FILL_SIZE[INSTANCE_TYPE]
@@ -228,17 +252,17 @@ def test_a_bind_slower_than_its_deadline_never_lands_twice(cluster: Cluster, poo
         pool.delete(*(name for name in fill if FREED.issuperset(pool.allocation(name).of(Resource.NEURON))))
         kept = [name for name in fill if name in {p.metadata.name for p in pool.pods()}]
         assert _block_capacity(pool, SIZE) == 1, f"room for other than one block of {SIZE}: {_free_devices(pool)}"
+        # The plugin has published the freed devices (the extender's watch follows within milliseconds): A's bind
+        # starts at once, on a connection the stall holds.
+        pool.wait_node_state(node.name, f"devices {sorted(FREED)} free", lambda state: state.free_devices == FREED)
+        time.sleep(0.5)
         before = _binds(cluster).get((("reason", "outcome_unknown"),), 0.0)
 
-        started = time.monotonic()
-        proxy.delay = DELAY
+        stalled = proxy.stall(STALL)
         pool.create("a", Resource.NEURON, SIZE)
         time.sleep(0.3)
         pool.create("b", Resource.NEURON, SIZE)
-        # Keep the delay on long enough for a second bind to reach the block after A's failed (the one that
-        # would make two bindings), then let everything held arrive.
-        time.sleep(max(0.0, DELAY - (time.monotonic() - started)))
-        proxy.delay = 0.0
+        wait_for("a bind of unknown outcome", lambda: _unknown_binds(cluster), timeout=15, watch=[extender])
         proxy.wait_delivered()
         pending = _wait_settled(pool, ["a", "b"])
 
@@ -247,19 +271,17 @@ def test_a_bind_slower_than_its_deadline_never_lands_twice(cluster: Cluster, poo
         running = sorted(p.metadata.name for p in pool.pods() if p.status.phase == "Running")
         for name in running:
             pool.assert_block_ok(pool.allocation(name), Resource.NEURON, SIZE if name in ("a", "b") else size)
-        (winner,) = [name for name in running if name in ("a", "b")] or [None]
-        assert winner is not None, f"neither a nor b is Running (Pending: {pending})"
-        assert pool.allocation(winner).of(Resource.NEURON) == (0, 1, 2, 3)
-        loser = "b" if winner == "a" else "a"
-        assert loser in pending, f"{loser} is neither Running nor Pending with a reason"
-        assert any("block" in m for m in pending[loser]), pending[loser]  # the extender's reason
-        assert sorted(running) == sorted([*kept, winner])
+        assert running == sorted([*kept, "a"]), f"Running: {running}; Pending: {pending}"
+        assert pool.allocation("a").of(Resource.NEURON) == (0, 1, 2, 3)
+        assert "b" in pending and any("block" in m for m in pending["b"]), pending  # the extender's reason
 
-        # The extender saw the bind whose outcome was unknown, and kept counting it.
-        unknown = [e for e in _log_events(cluster, "bind.refused") if e.get("rule") == "outcome_unknown"]
-        assert unknown, "no bind of unknown outcome: the delay did not outlast the bind's deadline"
-        assert all("unknown" in str(e.get("error")) for e in unknown), unknown
+        # A's binding is the one the extender gave up on, made late by the API server; the extender counted it
+        # meanwhile (and said so), and never bound A itself.
+        unknown = _unknown_binds(cluster)
+        assert "a" in unknown, f"A's bind did not time out on the stalled connection: {unknown}"
+        bound_here = [e["pod"] for e in _log_events(cluster, "bind.bound") if str(e.get("pod")).endswith("/a")]
+        assert not bound_here, "A was bound by the extender, not by its late POST: the stall missed its connection"
         after = _binds(cluster).get((("reason", "outcome_unknown"),), 0.0)
         assert after - before >= 1, (before, after)
-        print(f"winner={winner} held_chunks={proxy.held} unknown binds={[e.get('pod') for e in unknown]} "
-              f"loser's message: {pending[loser][-1]!r}")  # fmt: skip
+        print(f"stalled connections={stalled} held chunks={proxy.held} unknown binds={unknown} "
+              f"B's message: {pending['b'][-1]!r}")  # fmt: skip
