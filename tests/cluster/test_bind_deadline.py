@@ -40,8 +40,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from neuronalloc import Resource
 from tests.cluster.harness import Cluster
+from tests.cluster.lastblock import FILL_SIZE, FREED, SIZE, block_capacity, free_devices, pipe, wait_settled
 from tests.cluster.processes import ManagedProcess, free_port, wait_for
-from tests.cluster.test_replicas import FILL_SIZE, FREED, SIZE, _block_capacity, _free_devices, _pipe, _wait_settled
 from tests.cluster.workload import Pool
 
 INSTANCE_TYPE = "inf1.24xlarge"  # 16 devices, blocks of 4
@@ -99,7 +99,7 @@ class StallingProxy:
                 asyncio.open_connection("127.0.0.1", self.backend), timeout=5
             )
             upstream_w = connected
-            await asyncio.gather(self._held_pipe(client_r, connected, delay), _pipe(upstream_r, client_w))
+            await asyncio.gather(self._heldpipe(client_r, connected, delay), pipe(upstream_r, client_w))
         except (OSError, TimeoutError, asyncio.CancelledError):
             pass  # the backend is down, or the proxy is closing: the client sees its connection closed
         finally:
@@ -108,7 +108,7 @@ class StallingProxy:
                 if writer is not None:
                     writer.close()
 
-    async def _held_pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: list[float]) -> None:
+    async def _heldpipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: list[float]) -> None:
         """`_pipe`, each chunk (and the end of stream) delivered `delay[0]` seconds after it was read, in order."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -258,7 +258,7 @@ def test_a_bind_slower_than_its_deadline_never_lands_twice(cluster: Cluster, poo
         pool.wait_phase(fill)
         pool.delete(*(name for name in fill if FREED.issuperset(pool.allocation(name).of(Resource.NEURON))))
         kept = [name for name in fill if name in {p.metadata.name for p in pool.pods()}]
-        assert _block_capacity(pool, SIZE) == 1, f"room for other than one block of {SIZE}: {_free_devices(pool)}"
+        assert block_capacity(pool, SIZE) == 1, f"room for other than one block of {SIZE}: {free_devices(pool)}"
         # The plugin has published the freed devices (the extender's watch follows within milliseconds): A's bind
         # starts at once, on a connection the stall holds.
         pool.wait_node_state(node.name, f"devices {sorted(FREED)} free", lambda state: state.free_devices == FREED)
@@ -274,7 +274,7 @@ def test_a_bind_slower_than_its_deadline_never_lands_twice(cluster: Cluster, poo
         pool.create("b", Resource.NEURON, SIZE)
         wait_for("a bind of unknown outcome", lambda: _unknown_binds(cluster, since), timeout=15, watch=[extender])
         proxy.wait_delivered()
-        pending = _wait_settled(pool, ["a", "b"])
+        pending = wait_settled(pool, ["a", "b"])
 
         extender.check_alive()
         pool.assert_no_overcommit()

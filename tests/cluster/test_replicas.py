@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 
@@ -27,20 +26,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from neuronalloc import Resource
-from neuronalloc.blocks import free_blocks
 from tests.cluster.harness import Cluster
-from tests.cluster.processes import ManagedProcess, WaitTimeout, free_port, wait_for
+from tests.cluster.lastblock import FILL_SIZE, FREED, SIZE, block_capacity, free_devices, pipe, wait_settled
+from tests.cluster.processes import ManagedProcess, free_port, wait_for
 from tests.cluster.workload import Pool
 
 NODES = {"inf1-24": "inf1.24xlarge", "trn1-32": "trn1.32xlarge"}  # 16 devices each: eight blocks of 4
-# The fill: each node full of small pods (trn1 has no blocks of 2), of which those on FREED are deleted again.
-FILL_SIZE = {"inf1.24xlarge": 2, "trn1.32xlarge": 1}
-# Ten devices free per node, but one block of 4 (0-3): 6-7, 10-11 and 14-15 are pairs apart.
-FREED = frozenset({0, 1, 2, 3, 6, 7, 10, 11, 14, 15})
-SIZE = 4
 BURST = 20  # pods of SIZE created at once for the pool's last blocks
-SETTLE_TIMEOUT = 45.0
-STABLE_FOR = 3.0  # seconds the set of Running pods must not change before the burst counts as settled
 FORWARDED = "neuron_contig_extender_binds_forwarded"
 BINDER_ACTIVE = "neuron_contig_extender_binder_active"
 
@@ -92,7 +84,7 @@ class RoundRobinProxy:
                 asyncio.open_connection("127.0.0.1", self.backends[index]), timeout=5
             )
             upstream_w = connected
-            await asyncio.gather(_pipe(client_r, connected), _pipe(upstream_r, client_w))
+            await asyncio.gather(pipe(client_r, connected), pipe(upstream_r, client_w))
         except (OSError, TimeoutError):
             pass  # the backend is down: the client sees its connection closed, as through a Service
         except asyncio.CancelledError:
@@ -118,18 +110,6 @@ class RoundRobinProxy:
             self._thread.join(timeout=10)
         if not self._loop.is_running():
             self._loop.close()
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy until end of stream, then half-close the other side (TLS close_notify and TCP FIN pass through)."""
-    try:
-        while data := await source.read(64 * 1024):
-            sink.write(data)
-            await sink.drain()
-        if sink.can_write_eof():
-            sink.write_eof()
-    except (OSError, RuntimeError):
-        sink.close()
 
 
 class Replicas:
@@ -210,65 +190,6 @@ def replicas_behind_one_address(cluster: Cluster, count: int, lease: str) -> Ite
         cluster.start_extender()
 
 
-def _free_devices(pool: Pool) -> dict[str, set[int]]:
-    """Per node of the pool, the devices no Running pod holds."""
-    free = {name: set(range(node.devices)) for name, node in pool.nodes.items()}
-    for pod in pool.pods():
-        if pod.status.phase == "Running":
-            alloc = pool.allocation(pod.metadata.name)
-            free[alloc.node].difference_update(alloc.of(Resource.NEURON))
-    return free
-
-
-def _block_capacity(pool: Pool, size: int) -> int:
-    """How many more pods of `size` devices the pool's free devices can hold: disjoint legal blocks, counted per
-    node lowest start first (optimal for blocks of one size on a line of devices)."""
-    capacity = 0
-    for name, free in _free_devices(pool).items():
-        for block in free_blocks(pool.nodes[name].topology, Resource.NEURON, set(free), size):
-            if all(i in free for i in block):  # disjoint from the blocks already counted
-                free.difference_update(block)
-                capacity += 1
-    return capacity
-
-
-def _wait_settled(pool: Pool, names: Sequence[str]) -> dict[str, list[str]]:
-    """Wait until every pod is Running or Pending unbound with a FailedScheduling message, and the Running ones
-    have not changed for STABLE_FOR seconds. Returns the Pending pods' messages. A Failed pod fails at once."""
-    last: list[frozenset[str]] = [frozenset()]
-    since = [time.monotonic()]
-    pending: dict[str, list[str]] = {}
-
-    failed: list[str] = []
-
-    def settled() -> bool:
-        running = set()
-        pending.clear()
-        unsettled = []
-        for pod in pool.pods():
-            name = pod.metadata.name
-            if pod.status.phase == "Failed":  # for good: stop waiting (wait_for takes an exception for "not yet")
-                failed.append(f"pod {name} failed: {pod.status.reason}: {pod.status.message}")
-                return True
-            if pod.status.phase == "Running":
-                running.add(name)
-            elif name in names and not pod.spec.node_name and (messages := pool.scheduling_messages(name)):
-                pending[name] = messages
-            else:
-                unsettled.append(name)
-        now = time.monotonic()
-        if frozenset(running) != last[0]:
-            last[0], since[0] = frozenset(running), now
-        return not unsettled and now - since[0] >= STABLE_FOR
-
-    try:
-        wait_for("the burst to settle", settled, timeout=SETTLE_TIMEOUT, interval=0.5, watch=pool._procs())
-    except WaitTimeout as exc:
-        raise AssertionError(f"{exc}; Running: {sorted(last[0])}") from exc
-    assert not failed, failed[0]
-    return dict(pending)
-
-
 @pytest.mark.parametrize("count", [2, 3])
 def test_replicas_never_overcommit(cluster: Cluster, pool: Pool, count: int) -> None:
     with replicas_behind_one_address(cluster, count, lease=f"{pool.name}-binder") as (replicas, proxy):
@@ -286,15 +207,15 @@ def test_replicas_never_overcommit(cluster: Cluster, pool: Pool, count: int) -> 
                 fill[name] = size
         pool.wait_phase(fill)
         pool.delete(*(name for name in fill if FREED.issuperset(pool.allocation(name).of(Resource.NEURON))))
-        capacity = _block_capacity(pool, SIZE)
-        free = _free_devices(pool)
+        capacity = block_capacity(pool, SIZE)
+        free = free_devices(pool)
         assert capacity == len(pool.nodes), f"room for {capacity} blocks of {SIZE} in {free}"
         assert all(len(ids) >= 2 * SIZE for ids in free.values()), f"the count alone would stop the burst: {free}"
 
         burst = [f"burst-{i}" for i in range(BURST)]
         for name in burst:
             pool.create(name, Resource.NEURON, SIZE)
-        pending = _wait_settled(pool, burst)
+        pending = wait_settled(pool, burst)
 
         pool.assert_no_overcommit()
         running = [p.metadata.name for p in pool.pods() if p.status.phase == "Running"]
@@ -307,7 +228,7 @@ def test_replicas_never_overcommit(cluster: Cluster, pool: Pool, count: int) -> 
         assert len(pending) == BURST - capacity, f"Pending: {sorted(pending)}"
         # The extender said why (kube-scheduler's own count still had room on both nodes).
         assert any("block" in m for messages in pending.values() for m in messages), pending
-        assert _block_capacity(pool, SIZE) == 0
+        assert block_capacity(pool, SIZE) == 0
 
         for proc in replicas.procs:
             proc.check_alive()
