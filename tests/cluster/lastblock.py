@@ -1,10 +1,9 @@
 """The last-blocks pool the replica and bind-deadline tests share: nodes filled with small pods and partly
-freed again so that many devices are free but few contiguous blocks are, a byte pipe for their TCP proxies,
-and the wait for a burst of pods to settle (Running, or Pending with the scheduler's message)."""
+freed again so that many devices are free but few contiguous blocks are, and the wait for a burst of pods to
+settle (Running, or Pending with the scheduler's message)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
@@ -20,18 +19,6 @@ FREED = frozenset({0, 1, 2, 3, 6, 7, 10, 11, 14, 15})
 SIZE = 4
 SETTLE_TIMEOUT = 45.0
 STABLE_FOR = 3.0  # seconds the set of Running pods must not change before the burst counts as settled
-
-
-async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy until end of stream, then half-close the other side (TLS close_notify and TCP FIN pass through)."""
-    try:
-        while data := await source.read(64 * 1024):
-            sink.write(data)
-            await sink.drain()
-        if sink.can_write_eof():
-            sink.write_eof()
-    except (OSError, RuntimeError):
-        sink.close()
 
 
 def free_devices(pool: Pool) -> dict[str, set[int]]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,8 +39,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from neuronalloc import Resource
 from tests.cluster.harness import Cluster
-from tests.cluster.lastblock import FILL_SIZE, FREED, SIZE, block_capacity, free_devices, pipe, wait_settled
+from tests.cluster.lastblock import FILL_SIZE, FREED, SIZE, block_capacity, free_devices, wait_settled
 from tests.cluster.processes import ManagedProcess, free_port, wait_for
+from tests.cluster.tcpproxy import LoopbackProxy
 from tests.cluster.workload import Pool
 
 INSTANCE_TYPE = "inf1.24xlarge"  # 16 devices, blocks of 4
@@ -50,31 +50,18 @@ STALL = 6.0  # seconds each byte on a stalled connection is held: well past the 
 EXTENDER_LOG = "extender-bind-deadline"
 
 
-class StallingProxy:
+class StallingProxy(LoopbackProxy):
     """A loopback TCP proxy to one backend port that moves bytes only. `stall(seconds)` marks every connection
     open now: from then on each chunk it carries toward the backend is held `seconds` after it was read, then
     delivered in order (its end of stream too). Connections opened later, and the backend's bytes toward the
     client, pass at once."""
 
     def __init__(self, backend: int) -> None:
-        self.port = free_port()
+        super().__init__(free_port(), "stalling-proxy")
         self.backend = backend
         self.held = 0  # chunks delivered late
         self.last_due = 0.0  # loop time (time.monotonic) the last held chunk is due
         self._delays: dict[asyncio.Task[None], list[float]] = {}  # open connection -> [its hold, in seconds]
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="stalling-proxy", daemon=True)
-        self._server: asyncio.Server | None = None
-
-    def start(self) -> StallingProxy:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
-        try:
-            future.result(timeout=10)
-        except BaseException:
-            self.close()
-            raise
-        return self
 
     def stall(self, seconds: float) -> int:
         """Hold what the connections open now send from here on; returns how many there are."""
@@ -84,32 +71,19 @@ class StallingProxy:
                 delay[0] = seconds
             return len(self._delays)
 
-        return asyncio.run_coroutine_threadsafe(mark(), self._loop).result(timeout=10)
+        return self.call(mark())
 
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+    async def relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         delay = self._delays[task] = [0.0]
-        upstream_w: asyncio.StreamWriter | None = None
         try:
-            upstream_r, connected = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.backend), timeout=5
-            )
-            upstream_w = connected
-            await asyncio.gather(self._heldpipe(client_r, connected, delay), pipe(upstream_r, client_w))
-        except (OSError, TimeoutError, asyncio.CancelledError):
-            pass  # the backend is down, or the proxy is closing: the client sees its connection closed
+            await self.connect(self.backend, client_r, client_w, lambda r, w: self._heldpipe(r, w, delay))
         finally:
             del self._delays[task]
-            for writer in (client_w, upstream_w):
-                if writer is not None:
-                    writer.close()
 
     async def _heldpipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: list[float]) -> None:
-        """`_pipe`, each chunk (and the end of stream) delivered `delay[0]` seconds after it was read, in order."""
+        """`pipe`, each chunk (and the end of stream) delivered `delay[0]` seconds after it was read, in order."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -143,13 +117,6 @@ class StallingProxy:
         finally:
             reader.cancel()
 
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._delays):
-            task.cancel()
-        await asyncio.gather(*self._delays, return_exceptions=True)
-
     def wait_delivered(self) -> None:
         """Until every chunk held is delivered and no more came in meanwhile (then a moment for the backend)."""
         while True:
@@ -157,15 +124,6 @@ class StallingProxy:
             time.sleep(max(0.0, due - time.monotonic()) + 0.5)
             if self.last_due == due:
                 return
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_running():
-            self._loop.close()
 
 
 def _kubeconfig_via(cluster: Cluster, port: int, path: Path) -> Path:

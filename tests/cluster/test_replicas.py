@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import urllib.request
 from collections.abc import Iterator, Sequence
 
@@ -27,8 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from neuronalloc import Resource
 from tests.cluster.harness import Cluster
-from tests.cluster.lastblock import FILL_SIZE, FREED, SIZE, block_capacity, free_devices, pipe, wait_settled
+from tests.cluster.lastblock import FILL_SIZE, FREED, SIZE, block_capacity, free_devices, wait_settled
 from tests.cluster.processes import ManagedProcess, free_port, wait_for
+from tests.cluster.tcpproxy import LoopbackProxy
 from tests.cluster.workload import Pool
 
 NODES = {"inf1-24": "inf1.24xlarge", "trn1-32": "trn1.32xlarge"}  # 16 devices each: eight blocks of 4
@@ -37,79 +37,28 @@ FORWARDED = "neuron_contig_extender_binds_forwarded"
 BINDER_ACTIVE = "neuron_contig_extender_binder_active"
 
 
-class RoundRobinProxy:
+class RoundRobinProxy(LoopbackProxy):
     """A Service's load balancing, per connection: each accepted connection is piped, byte for byte, to the next
     backend port in turn. At most `max_connections` are open at once; one more is closed at once (a client
     reconnects, as it would to a full Service endpoint)."""
 
     def __init__(self, port: int, backends: Sequence[int], *, max_connections: int = 64) -> None:
-        self.port = port
+        super().__init__(port, "round-robin-proxy")
         self.backends = tuple(backends)
         self.max_connections = max_connections
         self.accepted = [0] * len(self.backends)  # connections handed to each backend
         self.refused = 0
         self._next = 0
-        self._open: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="round-robin-proxy", daemon=True)
-        self._server: asyncio.Server | None = None
 
-    def start(self) -> RoundRobinProxy:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
-        try:
-            future.result(timeout=10)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._open) >= self.max_connections:
+    async def relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if len(self._open) > self.max_connections:  # this one counts already
             self.refused += 1
             client_w.close()
             return
-        self._open.add(task)
         index = self._next % len(self.backends)
         self._next += 1
         self.accepted[index] += 1
-        upstream_w: asyncio.StreamWriter | None = None
-        try:
-            upstream_r, connected = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.backends[index]), timeout=5
-            )
-            upstream_w = connected
-            await asyncio.gather(pipe(client_r, connected), pipe(upstream_r, client_w))
-        except (OSError, TimeoutError):
-            pass  # the backend is down: the client sees its connection closed, as through a Service
-        except asyncio.CancelledError:
-            pass  # the proxy is closing
-        finally:
-            self._open.discard(task)
-            for writer in (client_w, upstream_w):
-                if writer is not None:
-                    writer.close()
-
-    async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._open):
-            task.cancel()
-        await asyncio.gather(*self._open, return_exceptions=True)
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_running():
-            self._loop.close()
+        await self.connect(self.backends[index], client_r, client_w)
 
 
 class Replicas:
