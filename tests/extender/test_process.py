@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,12 @@ def test_process_with_api_server_binds(tmp_path: Path) -> None:
         fake.put("pods", pod_doc("p", neuron=16))
         with extender("--kubeconfig", str(kubeconfig), "--port", "0", "--watch-timeout", "1") as running:
             http = Http(f"http://127.0.0.1:{running.event('extender.listening')['port']}")
-            running.event("cache.listed")
-            running.event("cache.listed")
+            # Ready once the node and pod lists are applied (three reflectors log `cache.listed`: nodes, pods and
+            # the pending pods, in any order, each before its list reaches the store).
+            deadline = time.monotonic() + 20
+            while http.get("/readyz")[0] != 200:
+                assert time.monotonic() < deadline, "not ready within 20 s"
+                time.sleep(0.05)
             status, out = http.post("/filter", names_args(pod_doc("p", neuron=16), ["a"]))
             assert status == 200 and out["NodeNames"] == ["a"]
             status, out = http.post(
