@@ -21,13 +21,18 @@ from neuronalloc import (
 )
 
 Obj = dict[str, Any]
-# Timestamps are relative to the test run, so that "20 s ago" stays fresh and "an hour ago" stays stale.
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def now() -> datetime:
+    """Timestamps are relative to when the cluster is recorded, not to when this module was imported: "20 s ago"
+    must still be fresh when `kubectl neuron` reads it, however long the test session has run before (the CLI
+    compares with the wall clock, and calls it stale past 10 minutes)."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def health_condition(status: str, reason: str, message: str, since: timedelta = timedelta(minutes=7)) -> Obj:
     """The plugin's NeuronDevicesHealthy node condition (plugin/condition.py)."""
-    stamp = (NOW - since).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = (now() - since).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "type": "NeuronDevicesHealthy",
         "status": status,
@@ -82,8 +87,10 @@ def state_annotations(
     instance_type: str,
     pods: dict[str, PodHolding],
     unhealthy: frozenset[int] | set[int] = frozenset(),
-    observed_at: datetime = NOW - timedelta(seconds=20),
+    observed_at: datetime | None = None,
 ) -> dict[str, str]:
+    """`observed_at`: when the plugin observed this state (default: 20 s ago)."""
+    observed_at = observed_at or now() - timedelta(seconds=20)
     row = CATALOG[instance_type]
     topo = resolve_topology(instance_type, row.devices)
     used_devices = {d for h in pods.values() for d in h.devices}
@@ -129,7 +136,7 @@ def hand_made_nodes() -> list[Obj]:
             state_annotations(
                 "inf2.48xlarge",
                 {"x/p1": PodHolding(cores=frozenset({0})), "x/p2": PodHolding(cores=frozenset({1}))},
-                observed_at=NOW - timedelta(hours=1),
+                observed_at=now() - timedelta(hours=1),
             ),
             unschedulable=True,
         ),
@@ -203,7 +210,7 @@ def pod(
             "namespace": namespace,
             "name": name,
             "uid": f"uid-{namespace}-{name}",
-            "creationTimestamp": (NOW - timedelta(minutes=12)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "creationTimestamp": (now() - timedelta(minutes=12)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
         "spec": {
             "schedulerName": scheduler,
@@ -216,7 +223,7 @@ def pod(
 
 def scheduling_event(target: Obj, message: str, minutes_ago: int) -> Obj:
     meta = target["metadata"]
-    stamp = (NOW - timedelta(minutes=minutes_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = (now() - timedelta(minutes=minutes_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "metadata": {"namespace": meta["namespace"], "name": f"{meta['name']}.{minutes_ago}"},
         "involvedObject": {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},

@@ -14,7 +14,7 @@ from kubectl_neuron.view import build_view, neuron_requests
 from neuronalloc import CATALOG, PodHolding, Resource
 from tests.extender.process import extender
 from tests.extender.serving import Http
-from tests.kubectl_neuron.recorded import NOW, node, pod, recorded_cluster, state_annotations
+from tests.kubectl_neuron.recorded import node, now, pod, recorded_cluster, state_annotations
 
 Obj = dict[str, Any]
 PROBE_TYPE = "inf1.24xlarge"  # 16 devices of 4 cores in a chain: any run of k free units holds a block of k
@@ -41,7 +41,7 @@ def probe_nodes(resource: Resource) -> list[Obj]:
         held = frozenset(range(k, units))
         holding = PodHolding(devices=held) if resource is Resource.NEURON else PodHolding(cores=held)
         pods = {"other/rest": holding} if held else {}
-        nodes.append(node(f"k{k}", PROBE_TYPE, state_annotations(PROBE_TYPE, pods, observed_at=NOW)))
+        nodes.append(node(f"k{k}", PROBE_TYPE, state_annotations(PROBE_TYPE, pods, observed_at=now())))
     return nodes
 
 
@@ -67,7 +67,7 @@ def test_they_agree_on_what_each_pod_needs(http: Http) -> None:
 
 def test_they_agree_on_each_nodes_largest_free_block(http: Http) -> None:
     nodes, _, _ = recorded_cluster()
-    view = {n.name: n for n in build_view(nodes, (), (), NOW + timedelta(seconds=1)).nodes}
+    view = {n.name: n for n in build_view(nodes, (), (), now() + timedelta(seconds=1)).nodes}
     neuron_nodes = [n for n in nodes if n["metadata"]["name"] in view]
     largest: dict[Resource, dict[str, int]] = {r: dict.fromkeys(view, 0) for r in Resource}
     for resource in Resource:
