@@ -16,6 +16,7 @@ taints the node, and `workload.neuron_pod(..., pool=P)` selects and tolerates ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -33,6 +34,7 @@ import grpc
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from neuronalloc import Topology, lookup_instance_type, resolve_topology
 from neuronalloc.nodestate import FREE_DEVICES
@@ -400,6 +402,31 @@ class Cluster:
         context = self.extender_ssl_context()
         wait_for(f"{name} /readyz", lambda: _http_ok(url, context=context), timeout=STARTUP_TIMEOUT, watch=[extender])
         return extender
+
+    @contextlib.contextmanager
+    def extender_stopped(self) -> Iterator[None]:
+        """The cluster's own extender stopped while the caller serves something else on `extender_port`, and
+        started again afterwards, whatever happened (it hands its Lease back when it stops, so it binds again at
+        once). The caller stops its own processes inside."""
+        if self.extender is not None:
+            self.extender.stop()
+        try:
+            yield
+        finally:
+            self.start_extender()
+
+    def extender_samples(self, metric: str, port: int | None = None) -> dict[tuple[tuple[str, str], ...], float]:
+        """The samples of `metric` (a counter's `_total` included), by their sorted labels, from the extender
+        whose /metrics is on `port` over mutual TLS (default: `extender_port`)."""
+        url = f"https://127.0.0.1:{port or self.extender_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5, context=self.extender_ssl_context()) as response:
+            text = response.read().decode()
+        return {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name in (metric, f"{metric}_total")
+        }
 
     def restart_extender(self) -> None:
         if self.extender is not None:

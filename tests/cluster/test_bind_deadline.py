@@ -30,12 +30,10 @@ import asyncio
 import contextlib
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from neuronalloc import Resource
 from tests.cluster.harness import Cluster
@@ -140,43 +138,32 @@ def extender_behind_stall(cluster: Cluster, lease: str) -> Iterator[tuple[Manage
     cluster's own back afterwards (as test_replicas does)."""
     proxy = StallingProxy(cluster.api_port).start()
     kubeconfig = _kubeconfig_via(cluster, proxy.port, cluster.workdir / f"kubeconfig-{lease}")
-    if cluster.extender is not None:
-        cluster.extender.stop()
-    extender: ManagedProcess | None = None
-    try:
-        extender = cluster.launch_extender(
-            cluster.extender_port,
-            name=EXTENDER_LOG,
-            metrics_port=0,  # /metrics on its own (mutual-TLS) port, where _binds() reads it
-            extra_args=[
-                f"--kubeconfig={kubeconfig}",
-                f"--handler-timeout={HANDLER_TIMEOUT}",
-                f"--lease-name={lease}",  # its own: its renewals stall too, and land late, away from the cluster's
-                "--advertise-address=127.0.0.1",
-            ],
-        )
-        wait_for("the extender to hold its binder lease", lambda: _binds(cluster, "binder_active").get(()) == 1,
-                 timeout=30, watch=[extender])  # fmt: skip
-        yield extender, proxy
-    finally:
-        if extender is not None:
-            extender.stop()
-        proxy.close()
-        cluster.start_extender()
+    with cluster.extender_stopped():
+        extender: ManagedProcess | None = None
+        try:
+            extender = cluster.launch_extender(
+                cluster.extender_port,
+                name=EXTENDER_LOG,
+                metrics_port=0,  # /metrics on its own (mutual-TLS) port, where _binds() reads it
+                extra_args=[
+                    f"--kubeconfig={kubeconfig}",
+                    f"--handler-timeout={HANDLER_TIMEOUT}",
+                    f"--lease-name={lease}",  # its own: its renewals stall too, and land late, apart from ours
+                    "--advertise-address=127.0.0.1",
+                ],
+            )
+            wait_for("the extender to hold its binder lease", lambda: _binds(cluster, "binder_active").get(()) == 1,
+                     timeout=30, watch=[extender])  # fmt: skip
+            yield extender, proxy
+        finally:
+            if extender is not None:
+                extender.stop()
+            proxy.close()
 
 
 def _binds(cluster: Cluster, metric: str = "binds") -> dict[tuple[tuple[str, str], ...], float]:
     """The samples of neuron_contig_extender_<metric> on the extender at `Cluster.extender_port`, by labels."""
-    name = f"neuron_contig_extender_{metric}"
-    url = f"{cluster.extender_url}/metrics"
-    with urllib.request.urlopen(url, timeout=5, context=cluster.extender_ssl_context()) as response:
-        text = response.read().decode()
-    return {
-        tuple(sorted(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name in (name, f"{name}_total")
-    }
+    return cluster.extender_samples(f"neuron_contig_extender_{metric}")
 
 
 def _log_size(cluster: Cluster) -> int:

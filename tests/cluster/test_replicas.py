@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
 from collections.abc import Iterator, Sequence
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from neuronalloc import Resource
 from tests.cluster.harness import Cluster
@@ -87,18 +85,7 @@ class Replicas:
 
     def samples(self, metric: str) -> list[dict[tuple[tuple[str, str], ...], float]]:
         """Per replica: the samples of `metric` (a counter's `_total` included), by their labels."""
-        context = self.cluster.extender_ssl_context()
-        out = []
-        for port in self.ports:
-            with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=5, context=context) as response:
-                text = response.read().decode()
-            found: dict[tuple[tuple[str, str], ...], float] = {}
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name in (metric, f"{metric}_total"):
-                        found[tuple(sorted(sample.labels.items()))] = sample.value
-            out.append(found)
-        return out
+        return [self.cluster.extender_samples(metric, port) for port in self.ports]
 
     def holders(self) -> list[int]:
         """Indexes of the replicas that say they hold the binder Lease."""
@@ -118,25 +105,24 @@ class Replicas:
 def replicas_behind_one_address(cluster: Cluster, count: int, lease: str) -> Iterator[tuple[Replicas, RoundRobinProxy]]:
     """Swap the cluster's one extender for `count` replicas behind a round-robin proxy on the same port; put the
     one extender back afterwards (it hands its own Lease back when it stops, so it binds again at once)."""
-    if cluster.extender is not None:
-        cluster.extender.stop()
-    replicas = Replicas(cluster, count, lease)
-    proxy: RoundRobinProxy | None = None
-    try:
-        replicas.start()
-        # A holder before the scheduler sends anything (the others read its address on their next lease round;
-        # a bind reaching one before then waits for it).
-        holders = wait_for(
-            "a replica to hold the binder lease", lambda: replicas.holders() or None, timeout=30, watch=replicas.procs
-        )
-        assert len(holders) == 1, f"replicas {holders} all say they hold the binder lease"
-        proxy = RoundRobinProxy(cluster.extender_port, replicas.ports).start()
-        yield replicas, proxy
-    finally:
-        if proxy is not None:
-            proxy.close()
-        replicas.stop()
-        cluster.start_extender()
+    with cluster.extender_stopped():
+        replicas = Replicas(cluster, count, lease)
+        proxy: RoundRobinProxy | None = None
+        try:
+            replicas.start()
+            # A holder before the scheduler sends anything (the others read its address on their next lease
+            # round; a bind reaching one before then waits for it).
+            holders = wait_for(
+                "a replica to hold the binder lease", lambda: replicas.holders() or None, timeout=30,
+                watch=replicas.procs,
+            )  # fmt: skip
+            assert len(holders) == 1, f"replicas {holders} all say they hold the binder lease"
+            proxy = RoundRobinProxy(cluster.extender_port, replicas.ports).start()
+            yield replicas, proxy
+        finally:
+            if proxy is not None:
+                proxy.close()
+            replicas.stop()
 
 
 @pytest.mark.parametrize("count", [2, 3])
