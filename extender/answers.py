@@ -134,8 +134,8 @@ def _split(names: Sequence[str], outcomes: list[Outcome], which: operator.attrge
                     strict=True))  # fmt: skip
 
 
-class FilterMemo:
-    """Unscored outcomes of one request shape, by node."""
+class _Memo:
+    """Outcomes of one request shape, by node (`FilterMemo` unscored, `ScoreMemo` scored)."""
 
     __slots__ = ("outcomes",)
 
@@ -148,43 +148,54 @@ class FilterMemo:
     def forget(self, name: str) -> None:
         self.outcomes.pop(name, None)
 
+    def _recorded(self, names: Sequence[str]) -> list[Outcome] | None:
+        """The outcome of each of `names`, or None if any has no recorded verdict yet (one C-level pass)."""
+        found = list(map(self.outcomes.get, names))
+        return None if None in found else found  # type: ignore[return-value]  # no None, just checked
+
+
+class FilterMemo(_Memo):
+    """Unscored outcomes of one request shape, by node."""
+
+    __slots__ = ()
+
     def answer(self, names: Sequence[str]) -> FilterAnswer | None:
         """The answer for `names`, or None if any of them has no recorded verdict yet."""
-        found = list(map(self.outcomes.get, names))
-        if None in found:
+        outcomes = self._recorded(names)
+        if outcomes is None:
             return None
-        outcomes: list[Outcome] = found  # type: ignore[assignment]  # no None, just checked
-        passed = list(itertools.compress(names, map(_PASSES, outcomes)))
-        if len(passed) == len(names):
-            return FilterAnswer(passed, 0, 0, 0, b"", b"")
-        failed = _split(names, outcomes, _FAILED)
-        unresolvable = _split(names, outcomes, _UNRESOLVABLE)
-        first = next(iter(unresolvable.items() or failed.items()))
-        return FilterAnswer(
-            passed,
-            len(failed),
-            len(unresolvable),
-            sum(map(_UNKNOWN, failed.values())),
-            _members(failed),
-            _members(unresolvable),
-            example_of(first[0], first[1].verdict),
-            sum(map(_NOT_SERVING, failed.values())),
-        )
+        return _full_answer(names, outcomes, list(itertools.compress(names, map(_PASSES, outcomes))))
 
     def brief(self, names: Sequence[str]) -> FilterAnswer | None:
         """`answer`, but when a node passes, the failed ones are counted and not listed (no members, no example),
         or None if any of `names` has no recorded verdict yet."""
-        found = list(map(self.outcomes.get, names))
-        if None in found:
+        outcomes = self._recorded(names)
+        if outcomes is None:
             return None
-        outcomes: list[Outcome] = found  # type: ignore[assignment]  # no None, just checked
         passed = list(itertools.compress(names, map(_PASSES, outcomes)))
-        if not passed:
-            return self.answer(names)
-        if len(passed) == len(names):
-            return FilterAnswer(passed, 0, 0, 0, b"", b"")
+        if not passed or len(passed) == len(names):
+            return _full_answer(names, outcomes, passed)
         return FilterAnswer(passed, sum(map(_FAILED, outcomes)), sum(map(_UNRESOLVABLE, outcomes)),
                             sum(map(_UNKNOWN, outcomes)), b"", b"", "", sum(map(_NOT_SERVING, outcomes)))  # fmt: skip
+
+
+def _full_answer(names: Sequence[str], outcomes: list[Outcome], passed: list[str]) -> FilterAnswer:
+    """Filter's answer with every failed node listed, from the outcomes of `names` and those that `passed`."""
+    if len(passed) == len(names):
+        return FilterAnswer(passed, 0, 0, 0, b"", b"")
+    failed = _split(names, outcomes, _FAILED)
+    unresolvable = _split(names, outcomes, _UNRESOLVABLE)
+    first = next(iter(unresolvable.items() or failed.items()))
+    return FilterAnswer(
+        passed,
+        len(failed),
+        len(unresolvable),
+        sum(map(_UNKNOWN, failed.values())),
+        _members(failed),
+        _members(unresolvable),
+        example_of(first[0], first[1].verdict),
+        sum(map(_NOT_SERVING, failed.values())),
+    )
 
 
 def score_piece(name: str, verdict: Verdict) -> bytes:
@@ -197,34 +208,25 @@ def encode_priority_list(pieces: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(pieces) + b"]"
 
 
-class ScoreMemo:
+class ScoreMemo(_Memo):
     """Scored outcomes of one request shape, by node."""
 
-    __slots__ = ("outcomes",)
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, Outcome] = {}
-
-    def record(self, name: str, verdict: Verdict) -> None:
-        self.outcomes[name] = outcome(verdict)
-
-    def forget(self, name: str) -> None:
-        self.outcomes.pop(name, None)
+    __slots__ = ()
 
     def best(self, names: Sequence[str], limit: int) -> list[str] | None:
         """Up to `limit` of `names` (first ones first) that share the highest score among them, or None if any of
         them has no recorded verdict yet."""
-        found = list(map(self.outcomes.get, names))
-        if None in found:
+        outcomes = self._recorded(names)
+        if outcomes is None:
             return None
-        scores = [o.verdict.score for o in found]  # type: ignore[union-attr]  # no None, just checked
+        scores = [o.verdict.score for o in outcomes]
         top = max(scores, default=0)
         return list(itertools.islice(itertools.compress(names, map(top.__eq__, scores)), limit))
 
     def reply(self, names: Sequence[str]) -> bytes | None:
         """The HostPriorityList for `names`, or None if any of them has no recorded verdict yet."""
-        found = list(map(self.outcomes.get, names))
-        if None in found:
+        outcomes = self._recorded(names)
+        if outcomes is None:
             return None
         heads = map(operator.add, itertools.repeat(_HOST), map(orjson.dumps, names))
-        return b"[" + b",".join(map(operator.add, heads, map(_SCORE_TAIL, found))) + b"]"
+        return b"[" + b",".join(map(operator.add, heads, map(_SCORE_TAIL, outcomes))) + b"]"
