@@ -140,3 +140,15 @@ def test_a_bad_env_value_is_a_usage_error_naming_the_flag(
         parse_config([])
     assert exited.value.code == 2
     assert f"argument {flag}: invalid" in capsys.readouterr().err
+
+
+def test_best_nodes_reads_its_env_var_and_must_pass_at_least_one_node(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert parse_config([]).best_nodes == 8
+    monkeypatch.setenv("BEST_NODES", "3")
+    assert parse_config([]).best_nodes == 3
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--best-nodes", "0"])
+    assert exited.value.code == 2
+    assert "--best-nodes must be at least 1" in capsys.readouterr().err
